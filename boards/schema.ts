@@ -1,0 +1,91 @@
+import { z } from 'zod';
+
+/**
+ * A board is data: adding one is adding a JSON file here (and a boot-control scheme only if it is new).
+ * Everything the builder, the agent and the QEMU runner need to know about a board lives in this schema.
+ */
+export const BootControlScheme = z.enum(['uboot-bootcount', 'rpi-tryboot']);
+export type BootControlScheme = z.infer<typeof BootControlScheme>;
+
+const MiB = z.number().int().positive().max(64 * 1024);
+
+export const BoardSchema = z
+  .object({
+    id: z.string().regex(/^[a-z0-9][a-z0-9-]{1,31}$/),
+    name: z.string().min(1).max(120),
+    /** Device-tree `compatible` strings this image accepts; a bundle names them for compatibility checks. */
+    hardwareIds: z.array(z.string().min(1).max(64)).min(1).max(16),
+    bootControl: BootControlScheme,
+    /**
+     * How the board starts: `qemu-uboot` = U-Boot given to QEMU as its firmware (-bios);
+     * `rpi-firmware` = the Pi GPU firmware loads the kernel straight from the slot (tryboot);
+     * `rpi-firmware-uboot` = the Pi GPU firmware in p1 loads U-Boot, which runs the bootcount script.
+     */
+    boot: z.discriminatedUnion('kind', [
+      z.object({ kind: z.literal('qemu-uboot') }).strict(),
+      z
+        .object({
+          kind: z.literal('rpi-firmware'),
+          /** Files from Debian's raspi-firmware package copied into each slot (none on Pi 5: EEPROM boots). */
+          firmwareFiles: z.array(z.string().min(1)),
+          configTxt: z.array(z.string()).default([]),
+        })
+        .strict(),
+      z
+        .object({
+          kind: z.literal('rpi-firmware-uboot'),
+          firmwareFiles: z.array(z.string().min(1)).min(1),
+          /** Debian u-boot-rpi build directory: rpi_3, rpi_4 or rpi_arm64. */
+          ubootBuild: z.enum(['rpi_3', 'rpi_4', 'rpi_arm64']),
+          configTxt: z.array(z.string()).default([]),
+        })
+        .strict(),
+    ]),
+    kernel: z
+      .object({
+        /** Name of the kernel file inside a slot. */
+        fileName: z.string().min(1),
+        /** Extra kernel command-line words (console, rootwait, ...). */
+        cmdline: z.array(z.string()).default([]),
+      })
+      .strict(),
+    /** DTB paths relative to the kernel package's DTB directory (e.g. broadcom/bcm2711-rpi-4-b.dtb). */
+    dtbs: z.array(z.string().min(1)).default([]),
+    /** Kernel modules the init loads in this order (dependencies are added from modules.dep). */
+    modules: z.array(z.string().min(1)).default([]),
+    /** Optional modules loaded when present and wanted (e.g. Wi-Fi). */
+    optionalModules: z.array(z.string().min(1)).default([]),
+    console: z.string().min(1),
+    disk: z
+      .object({
+        /** Whole-disk device as the kernel names it on this board. */
+        device: z.string().regex(/^\/dev\/[a-z0-9]+$/),
+        /** Partition device = device + partSeparator + number (mmcblk0 -> mmcblk0p1). */
+        partSeparator: z.enum(['', 'p']),
+      })
+      .strict(),
+    network: z.object({ interface: z.string().min(1) }).strict(),
+    watchdog: z
+      .object({ module: z.string().min(1).optional(), device: z.string().default('/dev/watchdog') })
+      .strict()
+      .optional(),
+    partitions: z.object({ bootMiB: MiB, slotMiB: MiB, dataMiB: MiB }).strict(),
+    qemu: z
+      .object({
+        machine: z.string(),
+        cpu: z.string(),
+        memoryMiB: z.number().int().positive(),
+        smp: z.number().int().positive(),
+      })
+      .strict()
+      .optional(),
+    /** What has been verified for this board and what needs hardware; shown by `uz boards`. */
+    verification: z.string().min(1),
+  })
+  .strict();
+
+export type Board = z.infer<typeof BoardSchema>;
+
+export function partitionDevice(board: Board, n: number): string {
+  return `${board.disk.device}${board.disk.partSeparator}${n}`;
+}

@@ -1,0 +1,149 @@
+import { join } from 'node:path';
+import { rm, writeFile, rename } from 'node:fs/promises';
+import semver from 'semver';
+import { getBoard, type Board } from '../boards/index.js';
+import { UzError } from '../lib/errors.js';
+import { resolveApp, type AppInputs } from './apps/index.js';
+import { readLock, fetchLocked, type DebianLock } from './debian/lock.js';
+import { extractDeb, type DebEntry } from './debian/deb.js';
+import { kernelParts, resolveModules } from './kernel.js';
+import { composeRootfs, packInitramfs } from './initramfs/compose.js';
+import { bundleAgent } from './agent-bundle.js';
+import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, type DiskLayout } from './image.js';
+import type { ImageInfo } from '../updater/device/image-info.js';
+
+export interface BuildOptions {
+  board: string;
+  app: string;
+  version: string;
+  outDir: string;
+  appInputs?: AppInputs;
+  debug?: boolean;
+  /** Seconds since the epoch for every timestamp; SOURCE_DATE_EPOCH when set. */
+  sourceDateEpoch?: number;
+  lockPath?: string;
+  /** Progress lines (one per step) for people; none when null. */
+  onStep?: (step: string) => void;
+}
+
+export interface BuildResult {
+  image: string;
+  slotImage: string;
+  board: string;
+  version: string;
+  kernel: string;
+  sizes: { imageBytes: number; slotBytes: number; slotUsedBytes: number; initrdBytes: number; kernelBytes: number };
+  layout: DiskLayout;
+}
+
+export function defaultEpoch(env = process.env): number {
+  const v = env.SOURCE_DATE_EPOCH;
+  if (v === undefined) return Math.floor(Date.now() / 1000);
+  if (!/^\d+$/.test(v)) throw new UzError('BUILD_BAD_EPOCH', `SOURCE_DATE_EPOCH must be an integer, got "${v}"`);
+  return Number(v);
+}
+
+async function packageEntries(lock: DebianLock, component: string): Promise<Array<{ name: string; entries: DebEntry[] }>> {
+  const debs = await fetchLocked(lock, component);
+  const out: Array<{ name: string; entries: DebEntry[] }> = [];
+  for (const d of debs) {
+    const a = await extractDeb(d.path, { name: d.name, version: d.version });
+    out.push({ name: d.name, entries: a.entries });
+  }
+  return out;
+}
+
+function filesUnder(pkgs: Array<{ entries: DebEntry[] }>, prefix: string): Map<string, Buffer> {
+  const m = new Map<string, Buffer>();
+  for (const p of pkgs) for (const e of p.entries) if (e.type === 'file' && e.data && e.path.startsWith(prefix)) m.set(e.path.slice(prefix.length), e.data);
+  return m;
+}
+
+/** `uz build`: a flashable image (and the slot volume an update bundle carries). */
+export async function buildImage(o: BuildOptions): Promise<BuildResult> {
+  const step = o.onStep ?? (() => {});
+  const board: Board = getBoard(o.board);
+  if (!semver.valid(o.version)) throw new UzError('BUILD_BAD_VERSION', `version must be semver (e.g. 1.2.3), got "${o.version}"`);
+  const epoch = o.sourceDateEpoch ?? defaultEpoch();
+  const app = resolveApp(o.app, o.appInputs);
+  const lock = await readLock(o.lockPath);
+  const identity = `${board.id}\0${o.version}\0${epoch}`;
+
+  step('fetching Debian packages (verified against the lock)');
+  const [kernelPkg] = await packageEntries(lock, 'kernel');
+  const busybox = await packageEntries(lock, 'busybox');
+  const nodejs = await packageEntries(lock, 'nodejs');
+  const e2fs = await packageEntries(lock, 'e2fsprogs');
+  const piFirmware = board.boot.kind === 'qemu-uboot' ? [] : await packageEntries(lock, 'raspi-firmware');
+  const uboot = board.boot.kind === 'rpi-firmware-uboot' ? await packageEntries(lock, 'u-boot-rpi') : [];
+
+  step('reading the kernel and resolving modules');
+  const kp = kernelParts(kernelPkg!.entries);
+  const modules = resolveModules(kp, board.modules, board.optionalModules);
+
+  step('bundling the agent');
+  const agentBundle = await bundleAgent();
+
+  step('composing the RAM root');
+  const imageInfo: ImageInfo = {
+    formatVersion: 1,
+    board: board.id,
+    hardwareIds: board.hardwareIds,
+    version: o.version,
+    buildEpoch: epoch,
+    bootControl: board.bootControl,
+    app: app.manifest,
+  };
+  const tree = composeRootfs({
+    board,
+    version: o.version,
+    buildEpoch: epoch,
+    debug: !!o.debug,
+    kernelRelease: kp.release,
+    packages: [...busybox, ...nodejs, ...e2fs],
+    modules,
+    agentBundle,
+    app,
+    imageInfo,
+  });
+  const initrd = packInitramfs(tree, epoch);
+
+  step('writing the slot and the disk image');
+  const firmware = filesUnder(piFirmware, 'usr/lib/raspi-firmware/');
+  const ubootBinary =
+    board.boot.kind === 'rpi-firmware-uboot' ? filesUnder(uboot, `usr/lib/u-boot/${board.boot.ubootBuild}/`).get('u-boot.bin') : undefined;
+  const release = { formatVersion: 1, board: board.id, version: o.version, app: { name: app.manifest.name, version: app.manifest.version }, kernel: kp.release, buildEpoch: epoch, debug: !!o.debug };
+  const sFiles = slotFiles({ board, kernelImage: kp.image, initrd, dtbs: kp.dtbs, firmware, release });
+  const slotUsed = sFiles.reduce((n, f) => n + f.data.length, 0);
+  let slotVolume: Buffer;
+  try {
+    slotVolume = buildSlotVolume(board, sFiles, epoch, identity);
+  } catch (e) {
+    if (e instanceof UzError && e.code === 'FAT_FULL') {
+      throw new UzError('BUILD_SLOT_TOO_SMALL', `slot content (${Math.ceil(slotUsed / 1048576)} MiB) does not fit the ${board.partitions.slotMiB} MiB slot of ${board.id}`, { slotUsed });
+    }
+    throw e;
+  }
+  const bFiles = bootPartitionFiles({ board, buildEpoch: epoch, firmware, ubootBinary, dtbs: kp.dtbs });
+  const base = `${board.id}-${o.version}`;
+  const imagePath = join(o.outDir, `${base}.img`);
+  const slotPath = join(o.outDir, `${base}.slot`);
+  const layout = await writeDiskImage({ board, bootFiles: bFiles, slotFiles: sFiles, buildEpoch: epoch, identity }, slotVolume, imagePath);
+  try {
+    await writeFile(`${slotPath}.partial`, slotVolume);
+    await rename(`${slotPath}.partial`, slotPath);
+  } catch (e) {
+    await rm(imagePath, { force: true });
+    await rm(`${slotPath}.partial`, { force: true });
+    throw e;
+  }
+  return {
+    image: imagePath,
+    slotImage: slotPath,
+    board: board.id,
+    version: o.version,
+    kernel: kp.release,
+    sizes: { imageBytes: layout.sizeBytes, slotBytes: slotVolume.length, slotUsedBytes: slotUsed, initrdBytes: initrd.length, kernelBytes: kp.image.length },
+    layout,
+  };
+}

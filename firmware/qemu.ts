@@ -1,0 +1,134 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { getBoard } from '../boards/index.js';
+import { UzError } from '../lib/errors.js';
+import { readLock, fetchLocked } from './debian/lock.js';
+import { extractDeb } from './debian/deb.js';
+import { debianCacheDir } from './debian/cache.js';
+
+/**
+ * Runs an image on the emulated reference board: qemu-system-aarch64 `virt` with Debian's U-Boot
+ * (qemu_arm64, from the locked u-boot-qemu package) as firmware, the image as a virtio disk, user-mode
+ * networking restricted to the host loopback (only explicit guestfwd rules reach out), and an i6300esb
+ * watchdog so a hung guest resets like a real board.
+ */
+export const QEMU_BINARY = 'qemu-system-aarch64';
+
+export function requireQemu(): string {
+  const r = spawnSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' });
+  if (r.error || r.status !== 0) {
+    throw new UzError('QEMU_MISSING', `${QEMU_BINARY} not found: install it with "apt-get install qemu-system-arm" (Debian/Ubuntu)`);
+  }
+  return r.stdout.split('\n')[0] ?? '';
+}
+
+/** Extracts (once) the locked U-Boot for QEMU into the cache and returns its path. */
+export async function ubootForQemu(): Promise<string> {
+  const lock = await readLock();
+  const [deb] = await fetchLocked(lock, 'u-boot-qemu');
+  if (!deb) throw new UzError('DEB_NOT_FOUND', 'lock has no u-boot-qemu');
+  const dir = join(debianCacheDir(), '..', 'u-boot-qemu', deb.sha256);
+  const path = join(dir, 'u-boot.bin');
+  if (!existsSync(path)) {
+    const a = await extractDeb(deb.path, { name: deb.name, version: deb.version });
+    const bin = a.entries.find((e) => e.path === 'usr/lib/u-boot/qemu_arm64/u-boot.bin');
+    if (!bin?.data) throw new UzError('DEB_NOT_FOUND', 'u-boot-qemu has no qemu_arm64/u-boot.bin');
+    await mkdir(dir, { recursive: true });
+    await writeFile(`${path}.partial`, bin.data);
+    const { rename } = await import('node:fs/promises');
+    await rename(`${path}.partial`, path);
+  }
+  return path;
+}
+
+export interface GuestForward {
+  /** Port the guest connects to on 10.0.2.2. */
+  guestPort: number;
+  /** Host loopback port it reaches. */
+  hostPort: number;
+}
+
+export interface QemuRunOptions {
+  image: string;
+  board?: string;
+  bios?: string;
+  /** Stop successfully at the first console line matching this. */
+  until?: RegExp;
+  timeoutMs?: number;
+  onLine?: (line: string) => void;
+  forwards?: GuestForward[];
+  /** Treat "Kernel panic" as failure immediately (default true when `until` is set). */
+  failOnPanic?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface QemuRunResult {
+  ok: boolean;
+  reason: 'matched' | 'timeout' | 'panic' | 'exited' | 'aborted';
+  lines: string[];
+  match?: string;
+  seconds: number;
+}
+
+export function qemuArgs(o: { image: string; bios: string; board?: string; forwards?: GuestForward[] }): string[] {
+  const board = getBoard(o.board ?? 'qemu-virt');
+  if (!board.qemu) throw new UzError('QEMU_BOARD_UNSUPPORTED', `board ${board.id} cannot be emulated; use qemu-virt`);
+  const fwd = (o.forwards ?? []).map((f) => `,guestfwd=tcp:10.0.2.2:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join('');
+  return [
+    '-M', board.qemu.machine,
+    '-cpu', board.qemu.cpu,
+    '-smp', String(board.qemu.smp),
+    '-m', String(board.qemu.memoryMiB),
+    '-nographic',
+    '-monitor', 'none',
+    '-serial', 'stdio',
+    '-bios', o.bios,
+    '-drive', `file=${o.image},format=raw,if=virtio,cache=unsafe`,
+    '-netdev', `user,id=n0,restrict=on${fwd}`,
+    '-device', 'virtio-net-pci,netdev=n0',
+    '-device', 'virtio-rng-pci',
+    '-device', 'i6300esb',
+    '-watchdog-action', 'reset',
+  ];
+}
+
+export async function runQemu(o: QemuRunOptions): Promise<QemuRunResult> {
+  requireQemu();
+  const bios = o.bios ?? (await ubootForQemu());
+  const started = Date.now();
+  const child = spawn(QEMU_BINARY, qemuArgs({ image: o.image, bios, board: o.board, forwards: o.forwards }), {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const failOnPanic = o.failOnPanic ?? o.until !== undefined;
+  return await new Promise<QemuRunResult>((resolve) => {
+    let done = false;
+    const finish = (r: Omit<QemuRunResult, 'lines' | 'seconds'>) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      resolve({ ...r, lines, seconds: (Date.now() - started) / 1000 });
+    };
+    const timer = setTimeout(() => finish({ ok: false, reason: 'timeout' }), o.timeoutMs ?? 300_000);
+    o.signal?.addEventListener('abort', () => finish({ ok: false, reason: 'aborted' }));
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const rl = createInterface({ input: child.stdout });
+    rl.on('line', (raw) => {
+      // eslint-disable-next-line no-control-regex
+      const line = raw.replace(/\r/g, '').replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+      lines.push(line);
+      o.onLine?.(line);
+      if (o.until && o.until.test(line)) finish({ ok: true, reason: 'matched', match: line });
+      else if (failOnPanic && /Kernel panic - not syncing/.test(line)) finish({ ok: false, reason: 'panic', match: line });
+    });
+    child.on('exit', () => {
+      if (stderr.trim()) lines.push(`[qemu] ${stderr.trim()}`);
+      finish({ ok: !o.until, reason: 'exited' });
+    });
+  });
+}

@@ -1,0 +1,19 @@
+import { z } from 'zod';
+import { AppManifestSchema } from '../../firmware/apps/schema.js';
+import { BootControlScheme } from '../../boards/schema.js';
+
+/** /etc/uz/image.json: what the builder tells the agent about the image it runs in. */
+export const ImageInfoSchema = z
+  .object({
+    formatVersion: z.literal(1),
+    board: z.string(),
+    hardwareIds: z.array(z.string()),
+    version: z.string(),
+    buildEpoch: z.number().int(),
+    bootControl: BootControlScheme,
+    app: AppManifestSchema,
+  })
+  .strict();
+export type ImageInfo = z.infer<typeof ImageInfoSchema>;
+
+export const IMAGE_INFO_PATH = '/etc/uz/image.json';

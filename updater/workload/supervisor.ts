@@ -1,0 +1,97 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { mkdirSync } from 'node:fs';
+import type { AppManifest } from '../../firmware/apps/schema.js';
+
+/**
+ * Keeps the one workload running: start, restart with capped exponential backoff (reset after a stable
+ * minute), and keep its recent output in a RAM ring buffer (SD cards wear out; persistence of logs is
+ * sparing and belongs to the agent's log shipper, not to every line).
+ */
+export class RingBuffer {
+  private readonly lines: string[] = [];
+  constructor(private readonly max = 2000) {}
+  push(line: string): void {
+    this.lines.push(line);
+    if (this.lines.length > this.max) this.lines.splice(0, this.lines.length - this.max);
+  }
+  tail(n = 50): string[] {
+    return this.lines.slice(-n);
+  }
+}
+
+export interface SupervisorEvents {
+  started: [pid: number];
+  exited: [code: number | null, signal: NodeJS.Signals | null, restartInMs: number];
+}
+
+export class Supervisor extends EventEmitter<SupervisorEvents> {
+  readonly log = new RingBuffer();
+  private child: ChildProcess | null = null;
+  private stopping = false;
+  private backoffMs: number;
+  private restartTimer: NodeJS.Timeout | null = null;
+  private startedAt = 0;
+  restarts = 0;
+
+  constructor(
+    private readonly app: Pick<AppManifest, 'command' | 'args' | 'env' | 'dataDir' | 'restart'>,
+    private readonly echo: (line: string) => void = () => {},
+  ) {
+    super();
+    this.backoffMs = app.restart.initialBackoffMs;
+  }
+
+  get running(): boolean {
+    return this.child !== null;
+  }
+
+  start(): void {
+    this.stopping = false;
+    mkdirSync(this.app.dataDir, { recursive: true });
+    const child = spawn(this.app.command, this.app.args, {
+      env: { PATH: '/usr/sbin:/usr/bin', HOME: this.app.dataDir, ...this.app.env },
+      cwd: this.app.dataDir,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child = child;
+    this.startedAt = Date.now();
+    const onData = (chunk: Buffer) => {
+      for (const line of chunk.toString('utf8').split('\n')) {
+        if (line) {
+          this.log.push(line);
+          this.echo(line);
+        }
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', onData);
+    child.once('spawn', () => this.emit('started', child.pid ?? -1));
+    child.once('error', (e) => this.log.push(`spawn error: ${e.message}`));
+    child.once('close', (code, signal) => {
+      this.child = null;
+      if (this.stopping) return;
+      if (Date.now() - this.startedAt > 60_000) this.backoffMs = this.app.restart.initialBackoffMs;
+      const wait = this.backoffMs;
+      this.backoffMs = Math.min(this.backoffMs * 2, this.app.restart.maxBackoffMs);
+      this.restarts++;
+      this.emit('exited', code, signal, wait);
+      this.restartTimer = setTimeout(() => this.start(), wait);
+    });
+  }
+
+  async stop(graceMs = 10_000): Promise<void> {
+    this.stopping = true;
+    if (this.restartTimer) clearTimeout(this.restartTimer);
+    const child = this.child;
+    if (!child) return;
+    await new Promise<void>((resolve) => {
+      const kill = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      child.once('close', () => {
+        clearTimeout(kill);
+        resolve();
+      });
+      child.kill('SIGTERM');
+    });
+  }
+}
