@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { UzError } from '../lib/errors.js';
 import { registerFirmwareCommands } from '../firmware/cli.js';
+import { registerTrustCommands } from '../firmware/trust/cli.js';
 
 const program = new Command();
 program
@@ -8,9 +9,11 @@ program
   .description('unikernel-z: signed A/B firmware for Raspberry Pi-class boards, its update server and agent')
   .version('0.1.0')
   .showHelpAfterError('(run with --help for usage)')
+  .enablePositionalOptions()
   .exitOverride();
 
 registerFirmwareCommands(program);
+registerTrustCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -9,10 +9,12 @@ import { readFile, stat } from 'node:fs/promises';
 import { InvalidArgumentError, type Command } from 'commander';
 import semver from 'semver';
 import { UzError, isUzError } from '../../lib/errors.js';
-import { readBundleHeaderFile, signBundle, verifyBundleFile, verifyBundleHeader, writeBundle } from '../bundle/index.js';
+import { hashPayloadFile, readBundleHeaderFile, signBundle, verifyBundleFile, verifyBundleHeader, writeBundle } from '../bundle/index.js';
 import { generateSigningKey } from './keys.js';
 import { keysInit, loadPrivateKeys, loadTrustedRoot, writePrivateKeyFile, writeRootFile } from './io.js';
-import { ROLE_NAMES, rotateRootSigned, signRoot, updateTrustedRoot, assertRootNotExpired, type RoleName, type RootChange } from './root.js';
+import { ROLE_NAMES, assertRootNotExpired, parseRootMetadata, rotateRootSigned, signRoot, updateTrustedRoot, verifyRootSelfSigned, type RoleName, type RootChange } from './root.js';
+import { writeTufRepository } from './tuf.js';
+import { basename } from 'node:path';
 
 function int(min: number, max: number) {
   return (v: string): number => {
@@ -108,7 +110,7 @@ export function registerTrustCommands(program: Command): void {
     .command('update-root')
     .description('check a chain of newer root versions against a trusted root, as a device does (TUF 5.3)')
     .requiredOption('--trust <root.json>', 'currently trusted root metadata')
-    .argument('<new-roots...>', 'root metadata files, in version order')
+    .argument('[new-roots...]', 'root metadata files, in version order (none: just check the trusted root)')
     .option('--write', 'replace the --trust file with the final root when the chain is valid')
     .action(async (newRoots: string[], o: { trust: string; write?: boolean }) => {
       let cur = await loadTrustedRoot(o.trust);
@@ -119,6 +121,51 @@ export function registerTrustCommands(program: Command): void {
       assertRootNotExpired(cur, new Date());
       if (o.write) await writeRootFile(o.trust, cur, { overwrite: true });
       out(`OK: trusted root is now v${cur.signed.version}${o.write ? ` (written to ${o.trust})` : ''}`);
+    });
+
+  program
+    .command('repo')
+    .description('TUF repository for bundles')
+    .command('publish')
+    .description('write <dir>/metadata/{N.root.json,targets,snapshot,timestamp}.json and <dir>/targets/<board>/<bundle>')
+    .argument('<bundles...>', '.uzb files to publish (target path: <board>/<file name>)')
+    .requiredOption('--dir <repo>', 'repository directory')
+    .requiredOption('--root <file>', 'root metadata versions, oldest first (repeat)', collect, [])
+    .requiredOption('--targets-key <keyfile>', 'targets private key (repeat for a threshold)', collect, [])
+    .requiredOption('--snapshot-key <keyfile>', 'snapshot private key (repeat)', collect, [])
+    .requiredOption('--timestamp-key <keyfile>', 'timestamp private key (repeat)', collect, [])
+    .requiredOption('--metadata-version <n>', 'version of targets/snapshot/timestamp (increase on every publish)', int(1, Number.MAX_SAFE_INTEGER))
+    .option('--timestamp-days <d>', 'timestamp lifetime', int(1, 365), 1)
+    .option('--snapshot-days <d>', 'snapshot lifetime', int(1, 3650), 7)
+    .option('--targets-days <d>', 'targets lifetime', int(1, 3650), 90)
+    .action(async (bundles: string[], o: { dir: string; root: string[]; targetsKey: string[]; snapshotKey: string[]; timestampKey: string[]; metadataVersion: number; timestampDays: number; snapshotDays: number; targetsDays: number }) => {
+      const roots = [];
+      for (const p of o.root) {
+        await mustExist(p, 'root metadata');
+        roots.push(parseRootMetadata(await readFile(p)));
+      }
+      if (roots.length === 0) throw new UzError('USAGE', 'give at least one --root', {});
+      let cur = roots[0]!;
+      verifyRootSelfSigned(cur);
+      for (const r of roots.slice(1)) cur = updateTrustedRoot(cur, r);
+      const targets = [];
+      for (const b of bundles) {
+        await mustExist(b, 'bundle');
+        const { header } = await readBundleHeaderFile(b);
+        const m = header.signed;
+        const h = await hashPayloadFile(b);
+        targets.push({ file: b, path: `${m.board.id}/${basename(b)}`, length: h.size, sha256: h.sha256, custom: { board: m.board.id, version: m.version, rollbackCounter: m.rollbackCounter } });
+      }
+      const day = (d: number) => new Date(Date.now() + d * 86_400_000);
+      const r = await writeTufRepository({
+        dir: o.dir,
+        roots,
+        targets,
+        version: o.metadataVersion,
+        keys: { targets: await loadPrivateKeys(o.targetsKey), snapshot: await loadPrivateKeys(o.snapshotKey), timestamp: await loadPrivateKeys(o.timestampKey) },
+        expires: { targets: day(o.targetsDays), snapshot: day(o.snapshotDays), timestamp: day(o.timestampDays) },
+      });
+      out(`published ${Object.keys(r.targets.targets).length} target(s) to ${o.dir} (metadata v${o.metadataVersion}, root v${cur.signed.version})`);
     });
 
   program

@@ -4,3 +4,4 @@ export * from './keys.js';
 export * from './signatures.js';
 export * from './root.js';
 export * from './io.js';
+export * from './tuf.js';

@@ -23,7 +23,7 @@ describe('uz CLI (keys init, bundle, sign, verify)', () => {
   it('registers its commands on a program', () => {
     const p = new Command();
     registerTrustCommands(p);
-    expect(p.commands.map((c) => c.name()).sort()).toEqual(['bundle', 'keys', 'sign', 'verify']);
+    expect(p.commands.map((c) => c.name()).sort()).toEqual(['bundle', 'keys', 'repo', 'sign', 'verify']);
     expect(p.commands.find((c) => c.name() === 'keys')!.commands.map((c) => c.name()).sort()).toEqual(['init', 'new', 'rotate', 'update-root']);
   });
 
