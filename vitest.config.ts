@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    globalSetup: ['test/helpers/global-setup.ts'],
     // QEMU boots and real-tool checks are slow under software emulation; each test sets its own budget.
     testTimeout: 60_000,
     hookTimeout: 600_000,

@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { UzError } from '../lib/errors.js';
 import { registerFirmwareCommands } from '../firmware/cli.js';
 import { registerTrustCommands } from '../firmware/trust/cli.js';
+import { registerStartCommand } from './start.js';
 
 const program = new Command();
 program
@@ -14,6 +15,7 @@ program
 
 registerFirmwareCommands(program);
 registerTrustCommands(program);
+registerStartCommand(program);
 
 try {
   await program.parseAsync(process.argv);

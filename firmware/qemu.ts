@@ -88,7 +88,8 @@ export function qemuArgs(o: { image: string; bios: string; board?: string; forwa
     '-bios', o.bios,
     '-drive', `file=${o.image},format=raw,if=virtio,cache=unsafe`,
     '-netdev', `user,id=n0,restrict=on${fwd}`,
-    '-device', 'virtio-net-pci,netdev=n0',
+    // romfile= : no iPXE option ROM needed (U-Boot does not netboot here), so QEMU needs no ipxe package.
+    '-device', 'virtio-net-pci,netdev=n0,romfile=',
     '-device', 'virtio-rng-pci',
     '-device', 'i6300esb',
     '-watchdog-action', 'reset',

@@ -9,6 +9,8 @@ const TOOL_PACKAGES: Record<string, string> = {
   mdir: 'mtools',
   mcopy: 'mtools',
   sfdisk: 'fdisk',
+  cpio: 'cpio',
+  'qemu-system-aarch64': 'qemu-system-arm',
 };
 
 /** Absolute path of a host tool; throws (so the test FAILS, never skips) with an install hint when missing. */

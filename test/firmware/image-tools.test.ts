@@ -1,0 +1,135 @@
+/**
+ * Real tools check what our TypeScript writers produced: sfdisk reads the MBR, fsck.fat checks every FAT
+ * partition, mtools reads files back, cpio lists the initramfs. (Booting is in boot.test.ts.)
+ */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { writeFileSync, readFileSync, mkdtempSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { gunzipSync } from 'node:zlib';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { ensureImage, readPartition, TEST_EPOCH, runDir } from '../helpers/images.js';
+import { run } from '../fs/helpers.js';
+import { readFat32 } from '../../firmware/fs/fat32.js';
+import { inspectImage } from '../../firmware/inspect.js';
+import { buildImage } from '../../firmware/build.js';
+import { readCpio } from '../../firmware/initramfs/cpio.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'uz-imgtools-'));
+
+function fsckPartition(buf: Buffer, name: string): void {
+  const f = join(tmp, `${name}.fat`);
+  writeFileSync(f, buf);
+  const r = run('fsck.fat', ['-n', '-v', f]);
+  expect(r.stdout + r.stderr).not.toMatch(/Dirty bit|differ|corrupt|Free cluster summary wrong/i);
+  expect(r.status, r.stdout + r.stderr).toBe(0);
+}
+
+describe('qemu-virt image checked with real tools', () => {
+  let image = '';
+  beforeAll(async () => {
+    image = (await ensureImage('qemu-virt')).image;
+  }, 600_000);
+
+  it('has the MBR layout sfdisk reads: boot-control, slot A, slot B, data', () => {
+    const r = run('sfdisk', ['--json', image]);
+    expect(r.status).toBe(0);
+    const pt = JSON.parse(r.stdout).partitiontable;
+    expect(pt.label).toBe('dos');
+    expect(pt.partitions.map((p: { type: string }) => p.type)).toEqual(['c', 'c', 'c', '83']);
+    expect(pt.partitions.map((p: { start: number }) => p.start % 8192)).toEqual([0, 0, 0, 0]); // 4 MiB aligned
+  });
+
+  it('passes fsck.fat on every FAT partition and mtools reads the slot files back', async () => {
+    for (const [i, name] of [[1, 'boot'], [2, 'slotA'], [3, 'slotB']] as const) {
+      const { buf, offset } = await readPartition(image, i);
+      fsckPartition(buf, name);
+      const listing = run('mdir', ['-i', `${image}@@${offset}`, '-/', '-b', '::']);
+      expect(listing.status, listing.stderr).toBe(0);
+      if (i > 1) {
+        expect(listing.stdout).toMatch(/::\/Image/);
+        expect(listing.stdout).toMatch(/::\/initrd\.img/);
+        const out = join(tmp, `Image-${name}`);
+        expect(run('mcopy', ['-n', '-i', `${image}@@${offset}`, '::/Image', out]).status).toBe(0);
+        const fat = readFat32(buf);
+        expect(createHash('sha256').update(readFileSync(out)).digest('hex')).toBe(createHash('sha256').update(fat.readFile('Image')).digest('hex'));
+      } else {
+        expect(listing.stdout).toMatch(/::\/boot\.scr/);
+        expect(listing.stdout).toMatch(/::\/uzboot\.env/);
+      }
+    }
+  });
+
+  it('holds an initramfs that cpio lists, with init, busybox, node, the agent and the app', async () => {
+    const { buf } = await readPartition(image, 2);
+    const cpioFile = join(tmp, 'initrd.cpio');
+    writeFileSync(cpioFile, gunzipSync(readFat32(buf).readFile('initrd.img')));
+    const r = run('cpio', ['-t', '--quiet', '-F', cpioFile]);
+    expect(r.status, r.stderr).toBe(0);
+    const files = new Set(r.stdout.split('\n'));
+    for (const f of ['init', 'etc/inittab', 'etc/uz/rcS', 'usr/bin/busybox', 'usr/bin/node', 'usr/sbin/mke2fs', 'usr/sbin/e2fsck', 'opt/uz/agent.mjs', 'opt/app/demo-node.mjs', 'etc/uz/app/config.json', 'dev/console', 'lib']) {
+      expect(files.has(f), `${f} in initramfs`).toBe(true);
+    }
+    // No login, no getty, no package manager, no ssh.
+    for (const f of ['usr/bin/login', 'usr/sbin/getty', 'usr/bin/dpkg', 'usr/bin/apt', 'usr/sbin/sshd', 'usr/sbin/dropbear']) expect(files.has(f), f).toBe(false);
+    const inittab = readCpio(readFileSync(cpioFile)).find((e) => e.path === 'etc/inittab')!.data.toString();
+    expect(inittab).toContain('::respawn:/etc/uz/agent');
+    expect(inittab).not.toContain('askfirst'); // no console shell in a release build
+  });
+
+  it('is described by uz inspect', async () => {
+    const r = await inspectImage(image);
+    expect(r.partitions.map((p) => p.role)).toEqual(['boot-control', 'slot-A', 'slot-B', 'data']);
+    expect(r.bootControl).toMatchObject({ scheme: 'uboot-bootcount', state: { order: ['A', 'B'], left: { A: 3, B: 3 } } });
+    expect(r.slots.map((s) => (s.release as { version: string }).version)).toEqual(['1.0.0', '1.0.0']);
+    expect(r.data).toEqual({ blank: true, ext4: false });
+  });
+
+  it('is bit-identical when built again from the same inputs and SOURCE_DATE_EPOCH', async () => {
+    const again = await buildImage({ board: 'qemu-virt', app: 'demo', version: '1.0.0', outDir: join(runDir(), 'repro'), sourceDateEpoch: TEST_EPOCH });
+    const h = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+    expect(h(again.image)).toBe(h(image));
+  }, 300_000);
+});
+
+describe('Raspberry Pi images (layout and contents; booting needs hardware)', () => {
+  it('rpi4: autoboot.txt tryboot A/B, firmware, config.txt and DTBs in each slot', async () => {
+    const { image } = await ensureImage('rpi4');
+    const boot = readFat32((await readPartition(image, 1)).buf);
+    expect(boot.readFile('autoboot.txt').toString()).toBe('[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n');
+    for (const i of [2, 3]) {
+      const { buf } = await readPartition(image, i);
+      fsckPartition(buf, `rpi4-p${i}`);
+      const fat = readFat32(buf);
+      const names = fat.list().map((e) => e.path);
+      for (const f of ['start4.elf', 'fixup4.dat', 'kernel8.img', 'initrd.img', 'config.txt', 'cmdline.txt', 'bcm2711-rpi-4-b.dtb', 'bcm2711-rpi-400.dtb', 'bcm2711-rpi-cm4-io.dtb']) {
+        expect(names, f).toContain(f);
+      }
+      const config = fat.readFile('config.txt').toString();
+      expect(config).toMatch(/^kernel=kernel8\.img$/m);
+      expect(config).toMatch(/^initramfs initrd\.img followkernel$/m);
+      expect(config).toMatch(/^arm_64bit=1$/m);
+      expect(fat.readFile('cmdline.txt').toString()).toMatch(/console=ttyS1,115200 .*panic=5/);
+    }
+  }, 600_000);
+
+  it('rpi5: tryboot layout with kernel_2712.img and the bcm2712 DTB', async () => {
+    const { image } = await ensureImage('rpi5');
+    expect(readFat32((await readPartition(image, 1)).buf).readFile('autoboot.txt').toString()).toContain('boot_partition=2');
+    const names = readFat32((await readPartition(image, 2)).buf).list().map((e) => e.path);
+    for (const f of ['kernel_2712.img', 'initrd.img', 'config.txt', 'bcm2712-rpi-5-b.dtb']) expect(names).toContain(f);
+  }, 600_000);
+
+  it('rpi3: Pi firmware -> U-Boot in p1 with the bootcount script; kernel and DTBs in the slots', async () => {
+    const { image } = await ensureImage('rpi3');
+    const { buf } = await readPartition(image, 1);
+    fsckPartition(buf, 'rpi3-boot');
+    const boot = readFat32(buf);
+    const names = boot.list().map((e) => e.path);
+    for (const f of ['bootcode.bin', 'start.elf', 'fixup.dat', 'u-boot.bin', 'config.txt', 'boot.scr', 'uzboot.env', 'bcm2837-rpi-3-b.dtb']) expect(names).toContain(f);
+    expect(boot.readFile('config.txt').toString()).toMatch(/^kernel=u-boot\.bin$/m);
+    expect(boot.readFile('boot.scr').subarray(72).toString()).toContain('load mmc 0:${uz_part}');
+    const slot = readFat32((await readPartition(image, 2)).buf).list().map((e) => e.path);
+    for (const f of ['Image', 'initrd.img', 'broadcom/bcm2837-rpi-3-b.dtb', 'broadcom/bcm2837-rpi-3-b-plus.dtb']) expect(slot).toContain(f);
+  }, 600_000);
+});
