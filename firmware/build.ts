@@ -11,6 +11,25 @@ import { composeRootfs, packInitramfs } from './initramfs/compose.js';
 import { bundleAgent } from './agent-bundle.js';
 import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, type DiskLayout } from './image.js';
 import type { ImageInfo } from '../updater/device/image-info.js';
+import { readdir, readFile } from 'node:fs/promises';
+import { loadPrivateKeys } from './trust/io.js';
+import { parseRootMetadata } from './trust/root.js';
+import { writeBundle } from './bundle/write.js';
+
+/** Image path of the embedded trust root (the agent's anchor for verifying bundles). */
+export const TRUST_ROOT_PATH = 'etc/uz/trust/root.json';
+
+async function releaseKeys(keysDir: string) {
+  const dir = join(keysDir, 'private');
+  let names: string[];
+  try {
+    names = (await readdir(dir)).filter((n) => n.startsWith('release') && n.endsWith('.key.json')).sort();
+  } catch {
+    throw new UzError('BUILD_KEYS_MISSING', `no private keys in ${dir} (create them with: uz keys init --out ${keysDir})`, { dir });
+  }
+  if (!names.length) throw new UzError('BUILD_KEYS_MISSING', `no release keys in ${dir}`, { dir });
+  return loadPrivateKeys(names.map((n) => join(dir, n)));
+}
 
 export interface BuildOptions {
   board: string;
@@ -22,12 +41,17 @@ export interface BuildOptions {
   /** Seconds since the epoch for every timestamp; SOURCE_DATE_EPOCH when set. */
   sourceDateEpoch?: number;
   lockPath?: string;
+  /** The fleet's trust root (root.json) embedded in the image: the agent verifies updates against it. */
+  trustRoot?: string;
+  /** Also write a signed update bundle `<board>-<version>.uzb` carrying the slot (release keys from keysDir/private). */
+  sign?: { keysDir: string; rollbackCounter: number };
   /** Progress lines (one per step) for people; none when null. */
   onStep?: (step: string) => void;
 }
 
 export interface BuildResult {
   image: string;
+  bundle?: string;
   slotImage: string;
   board: string;
   version: string;
@@ -67,6 +91,17 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   const epoch = o.sourceDateEpoch ?? defaultEpoch();
   const app = resolveApp(o.app, o.appInputs);
   const lock = await readLock(o.lockPath);
+  const trustRootPath = o.trustRoot ?? (o.sign ? join(o.sign.keysDir, 'root.json') : undefined);
+  let trustRoot: Buffer | undefined;
+  if (trustRootPath) {
+    try {
+      trustRoot = await readFile(trustRootPath);
+    } catch {
+      throw new UzError('BUILD_TRUST_ROOT_MISSING', `trust root not found: ${trustRootPath}`, { path: trustRootPath });
+    }
+    parseRootMetadata(trustRoot); // a malformed root would leave the device unable to verify any update
+  }
+  const signingKeys = o.sign ? await releaseKeys(o.sign.keysDir) : undefined;
   const identity = `${board.id}\0${o.version}\0${epoch}`;
 
   step('fetching Debian packages (verified against the lock)');
@@ -106,6 +141,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     app,
     imageInfo,
   });
+  if (trustRoot) tree.file(TRUST_ROOT_PATH, trustRoot);
   const initrd = packInitramfs(tree, epoch);
 
   step('writing the slot and the disk image');
@@ -137,8 +173,33 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     await rm(`${slotPath}.partial`, { force: true });
     throw e;
   }
+  let bundle: string | undefined;
+  if (o.sign && signingKeys) {
+    step('signing the update bundle');
+    bundle = join(o.outDir, `${base}.uzb`);
+    try {
+      await writeBundle({
+        payload: slotPath,
+        out: bundle,
+        keys: signingKeys,
+        manifest: {
+          board: { id: board.id, hardwareIds: board.hardwareIds },
+          version: o.version,
+          rollbackCounter: o.sign.rollbackCounter,
+          workload: { name: app.manifest.name, version: app.manifest.version },
+          compression: 'gzip',
+          createdAt: new Date(epoch * 1000),
+        },
+      });
+    } catch (e) {
+      await rm(imagePath, { force: true });
+      await rm(slotPath, { force: true });
+      throw e;
+    }
+  }
   return {
     image: imagePath,
+    ...(bundle ? { bundle } : {}),
     slotImage: slotPath,
     board: board.id,
     version: o.version,

@@ -74,6 +74,12 @@ export function registerFirmwareCommands(program: Command): void {
     .option('--app-binary-url <url>', 'download the workload binary instead (needs --app-binary-sha256)')
     .option('--app-binary-sha256 <hex>', 'expected SHA-256 of --app-binary-url')
     .option('--app-config <file>', 'JSON merged over the app config template (e.g. {"RPC":{"HTTPHost":"0.0.0.0"}})')
+    .option('--trust <root.json>', 'embed this trust root (devices verify updates against it)')
+    .option('--keys <dir>', 'also write a signed update bundle <board>-<version>.uzb with the release keys in <dir>/private (embeds <dir>/root.json)')
+    .option('--counter <n>', 'rollback counter of the bundle (with --keys); devices refuse lower counters', (v: string) => {
+      if (!/^\d+$/.test(v)) throw new InvalidArgumentError('expected a non-negative integer');
+      return Number(v);
+    })
     .option('--debug', 'add a shell on the serial console (never on the network)')
     .option('--json', 'print the result as JSON')
     .action(async (o) => {
@@ -84,12 +90,15 @@ export function registerFirmwareCommands(program: Command): void {
         outDir: o.out,
         debug: !!o.debug,
         appInputs: await appInputs(o),
-        onStep: stepReporter(5, !!o.json),
+        trustRoot: o.trust,
+        sign: o.keys ? { keysDir: o.keys, rollbackCounter: o.counter ?? 0 } : undefined,
+        onStep: stepReporter(o.keys ? 6 : 5, !!o.json),
       });
       if (o.json) return printJson(result);
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+      if (o.counter !== undefined && !o.keys) throw new UzError('USAGE', '--counter only makes sense with --keys');
       process.stdout.write(
-        `${result.image}\n  board ${result.board}, version ${result.version}, kernel ${result.kernel}\n` +
+        `${result.image}\n${result.bundle ? `${result.bundle}\n` : ''}  board ${result.board}, version ${result.version}, kernel ${result.kernel}\n` +
           `  image ${mib(result.sizes.imageBytes)} (sparse), slot ${mib(result.sizes.slotUsedBytes)} used of ${mib(result.sizes.slotBytes)}, ` +
           `initramfs ${mib(result.sizes.initrdBytes)}, kernel ${mib(result.sizes.kernelBytes)}\n`,
       );

@@ -29,7 +29,7 @@ export const MAX_CHUNKS = 15_000;
 export const MAX_HARDWARE_IDS = 32;
 export const MAX_COUNTER = 0xffff_ffff;
 
-const ID = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
+const ID = /^[A-Za-z0-9][A-Za-z0-9._+,-]*$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 const shortId = z.string().min(1).max(64).regex(ID);
 
