@@ -42,7 +42,7 @@ export const BUSYBOX_APPLETS = [
   'sh', 'ash', 'mount', 'umount', 'mkdir', 'ln', 'cat', 'echo', 'date', 'od', 'tr', 'insmod', 'modprobe', 'findfs',
   'dd', 'wc', 'grep', 'df', 'awk', 'ip', 'udhcpc', 'watchdog', 'sleep', 'sync', 'reboot', 'poweroff',
   'halt', 'init', 'head', 'tail', 'rm', 'ls', 'ps', 'kill', 'mv', 'cp', 'sed', 'uname', 'free', 'true',
-  'false', 'test', '[', 'dmesg',
+  'false', 'test', '[', 'dmesg', 'blockdev',
 ];
 
 function busyboxHasApplet(binary: Uint8Array, applet: string): boolean {
@@ -98,6 +98,7 @@ export function composeRootfs(inp: RootfsInputs): FileTree {
   tree.file('etc/uz/agent', initFile('agent'), 0o755);
   tree.file('etc/uz/shutdown', initFile('shutdown'), 0o755);
   tree.file('etc/uz/udhcpc.script', initFile('udhcpc.script'), 0o755);
+  tree.file('etc/uz/growdata.mjs', initFile('growdata.mjs'), 0o644);
   tree.file('etc/uz/image.json', `${JSON.stringify(inp.imageInfo, null, 2)}\n`);
 
   const modDir = `usr/lib/modules/${inp.kernelRelease}`;

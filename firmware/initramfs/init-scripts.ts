@@ -5,7 +5,7 @@ import type { Board } from '../../boards/schema.js';
 const filesDir = fileURLToPath(new URL('./files/', import.meta.url));
 
 /** The static scripts (rcS, agent wrapper, shutdown, DHCP hook) live as plain files in ./files/. */
-export function initFile(name: 'rcS' | 'agent' | 'shutdown' | 'udhcpc.script'): string {
+export function initFile(name: 'rcS' | 'agent' | 'shutdown' | 'udhcpc.script' | 'growdata.mjs'): string {
   return readFileSync(`${filesDir}${name}`, 'utf8');
 }
 

@@ -4,6 +4,7 @@
  * our initramfs -> the agent -> the workload's real health check -> UZ-READY.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
+import { statSync, truncateSync } from 'node:fs';
 import { ensureImage, copyImage, readPartition, writeAt } from '../helpers/images.js';
 import { tool } from '../fs/helpers.js';
 import { runQemu } from '../../firmware/qemu.js';
@@ -30,13 +31,16 @@ describe('booting the qemu-virt image under real U-Boot', () => {
     image = (await ensureImage('qemu-virt')).image;
   }, 600_000);
 
-  it('boots slot A to UZ-READY, formats the blank data partition and marks A good', async () => {
+  it('boots slot A to UZ-READY, grows and formats the blank data partition, and marks A good', async () => {
     const img = copyImage(image, 'bootA');
+    // A bigger "card" than the image: the first boot extends the data partition to its end.
+    truncateSync(img, statSync(img).size + 512 * 1024 * 1024);
     const r = await runQemu({ image: img, until: /^UZ-READY/, timeoutMs: BOOT_TIMEOUT_MS });
     expect(r.ok, uzLines(r.lines).join('\n') + `\n(${r.reason})`).toBe(true);
     expect(r.match).toBe('UZ-READY slot=A version=1.0.0');
     const uz = uzLines(r.lines);
     expect(uz).toContain('UZ-BOOT slot=A version=1.0.0 board=qemu-virt');
+    expect(uz.some((l) => l.startsWith('UZ-DATA grown'))).toBe(true);
     expect(uz.some((l) => l.startsWith('UZ-DATA formatting'))).toBe(true);
     expect(uz.some((l) => l.startsWith('UZ-DATA mounted'))).toBe(true);
     expect(uz.some((l) => l.startsWith('UZ-ERROR'))).toBe(false);
@@ -46,6 +50,8 @@ describe('booting the qemu-virt image under real U-Boot', () => {
     const after = await inspectImage(img);
     expect(after.bootControl).toMatchObject({ scheme: 'uboot-bootcount', state: { order: ['A', 'B'], left: { A: 3, B: 3 } } });
     expect(after.data.ext4).toBe(true);
+    const p4 = after.partitions[3]!;
+    expect(p4.startLba * 512 + p4.sizeBytes).toBe(after.sizeBytes); // data now ends at the end of the disk
   }, BOOT_TIMEOUT_MS + 30_000);
 
   it('boots slot B when the boot-control state selects it', async () => {
