@@ -3,6 +3,8 @@ import { UzError } from '../lib/errors.js';
 import { registerFirmwareCommands } from '../firmware/cli.js';
 import { registerTrustCommands } from '../firmware/trust/cli.js';
 import { registerStartCommand } from './start.js';
+import { registerCaCommands } from '../firmware/ca/cli.js';
+import { registerProvisionCommands } from '../firmware/provision/cli.js';
 
 const program = new Command();
 program
@@ -14,8 +16,12 @@ program
   .exitOverride();
 
 registerFirmwareCommands(program);
+import { registerServerCommands } from '../server/cli.js'; registerServerCommands(program);
 registerTrustCommands(program);
+import { registerAgentCommands } from '../updater/cli.js'; registerAgentCommands(program);
 registerStartCommand(program);
+registerCaCommands(program);
+registerProvisionCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -28,4 +28,19 @@ export interface BootControl {
   markBad(slot: Slot): Promise<void>;
   /** Arm one trial boot of `slot`; a failed trial returns to the current primary. */
   armTry(slot: Slot): Promise<void>;
+  /**
+   * Restart the machine so the bootloader acts on the selection (tryboot needs its one-shot flag passed to
+   * the reboot itself, so rebooting belongs to the backend). Resolves when the reboot was requested.
+   */
+  reboot(): Promise<void>;
 }
+
+export const SLOTS: readonly Slot[] = ['A', 'B'];
+
+/** MBR partition number of a slot on every board: p2 = A, p3 = B (p1 boot-control, p4 data). */
+export const partitionOf = (s: Slot): 2 | 3 => (s === 'A' ? 2 : 3);
+export const slotOfPartition = (n: number): Slot | null => (n === 2 ? 'A' : n === 3 ? 'B' : null);
+
+/** Runs a write with the boot-control partition made writable (a no-op on hosts and in tests). */
+export type WithWritable = <T>(fn: () => Promise<T>) => Promise<T>;
+export const alwaysWritable: WithWritable = (fn) => fn();

@@ -1,20 +1,43 @@
 /**
- * The agent's entry point inside the image (bundled to /opt/uz/agent.mjs, respawned by init).
- * Today it owns the workload and the "mark good" half of the A/B flow: it starts the workload, waits for
- * its real health check, prints UZ-READY and resets the slot's boot counter; a trial boot that never gets
- * healthy is marked bad and rebooted so the bootloader returns to the good slot.
+ * The agent's entry point inside the image (bundled by esbuild to /opt/uz/agent.mjs, respawned by init).
+ * It owns the workload and the whole A/B update flow:
+ *   - starts the workload (Supervisor) and probes its real health check;
+ *   - runs the update engine: start-up recovery from the saved state, then desired releases from MQTT;
+ *   - prints `UZ-READY slot=X version=V` only after the health check passed AND the slot was recorded good
+ *     (a trial boot is committed at that moment);
+ *   - a trial boot that is not healthy within the deadline is marked bad and rebooted, so the bootloader
+ *     returns to the previous slot (also for a trial armed by hand, as the QEMU bootcount test does).
+ * Without an agent config (no /data/uz/agent.json nor /etc/uz/agent.json) it still runs the workload, the
+ * recovery and the good/bad marking; it just does not talk to a broker.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ImageInfoSchema, IMAGE_INFO_PATH } from './image-info.js';
 import { Supervisor } from '../workload/supervisor.js';
-import { probeHealth } from '../workload/health.js';
+import { probeHealth, type HealthResult } from '../workload/health.js';
 import { UbootEnvBootControl } from '../bootctl/uboot-env.js';
+import { RpiTrybootControl } from '../bootctl/rpi-tryboot.js';
 import type { BootControl, Slot } from '../bootctl/types.js';
+import { loadTrustedRoot } from '../../firmware/trust/io.js';
+import type { RootMetadata } from '../../firmware/trust/root.js';
+import { MqttAgent } from '../agent.js';
+import { loadConfig, type AgentConfig } from '../config.js';
+import { UpdateEngine, type EngineNotice, type HealthVerdict } from '../engine.js';
+import { nodeStorage } from '../io/storage.js';
+import { slotPathsFromBootPartition } from '../install/slots.js';
+import type { RangeSource } from '../install/source.js';
+import { UzError } from '../../lib/errors.js';
 
 const run = promisify(execFile);
 const say = (line: string) => process.stdout.write(`${line}\n`);
+
+/** Per-device config on the data partition wins over the one baked into the image. */
+export const CONFIG_PATHS = ['/data/uz/agent.json', '/etc/uz/agent.json'];
+/** The image's trusted root, used when there is no config (offline: recovery and marking only). */
+export const DEFAULT_TRUST_ROOT = '/etc/uz/root.json';
+const BOOT_MOUNT = '/run/uz/boot';
 
 function readSlot(): Slot | null {
   try {
@@ -25,23 +48,29 @@ function readSlot(): Slot | null {
   }
 }
 
-function bootControlFor(scheme: string, slot: Slot): BootControl | null {
-  if (scheme === 'uboot-bootcount') {
-    return new UbootEnvBootControl(
-      '/run/uz/boot',
-      async () => slot,
-      async (fn) => {
-        await run('mount', ['-o', 'remount,rw', '/run/uz/boot']);
-        try {
-          return await fn();
-        } finally {
-          await run('sync');
-          await run('mount', ['-o', 'remount,ro', '/run/uz/boot']).catch(() => {});
-        }
-      },
-    );
+/** The FAT boot-control partition is mounted read-only; writes remount it briefly (and sync). */
+async function withWritableBoot<T>(fn: () => Promise<T>): Promise<T> {
+  await run('mount', ['-o', 'remount,rw', BOOT_MOUNT]);
+  try {
+    return await fn();
+  } finally {
+    await run('sync').catch(() => {});
+    await run('mount', ['-o', 'remount,ro', BOOT_MOUNT]).catch(() => {});
   }
-  return null; // rpi-tryboot: the agent issue adds the backend; until then the slot stays as the firmware chose.
+}
+
+function bootControlFor(scheme: string, slot: Slot): BootControl {
+  if (scheme === 'uboot-bootcount') {
+    return new UbootEnvBootControl({ dir: BOOT_MOUNT, booted: async () => slot, withWritable: withWritableBoot, reboot: () => run('reboot').then(() => {}) });
+  }
+  // `reboot "0 tryboot"` needs a reboot(2) with RESTART2 and that argument (systemd's reboot passes it;
+  // busybox's ignores arguments): the image must ship a reboot that does.
+  return new RpiTrybootControl({ dir: BOOT_MOUNT, withWritable: withWritableBoot, reboot: (tryboot) => run('reboot', tryboot ? ['0 tryboot'] : []).then(() => {}) });
+}
+
+async function loadAgentConfig(): Promise<AgentConfig | null> {
+  for (const p of CONFIG_PATHS) if (existsSync(p)) return loadConfig(p);
+  return null;
 }
 
 async function main(): Promise<void> {
@@ -50,16 +79,9 @@ async function main(): Promise<void> {
   const app = info.app;
   say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${info.version} app=${app.name}`);
 
-  const bootctl = slot ? bootControlFor(info.bootControl, slot) : null;
-  const before = bootctl ? await bootctl.read().catch(() => null) : null;
-  const isTrial = !!(bootctl && before && slot && before.bad.includes(slot));
-
   const sup = new Supervisor(app, (line) => say(`[${app.name}] ${line}`));
   sup.on('exited', (code, signal, wait) => say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`));
   sup.start();
-
-  const deadline = Date.now() + app.health.startupDeadlineSeconds * 1000;
-  let ready = false;
   const stop = async () => {
     await sup.stop();
     process.exit(0);
@@ -67,26 +89,117 @@ async function main(): Promise<void> {
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 
-  for (;;) {
-    const h = await probeHealth(app.health.check);
-    if (h.ok && !ready) {
-      ready = true;
-      if (bootctl && slot) {
-        // A board that cannot record "good" still runs; the bootloader's counter then decides later.
-        await bootctl.markGood(slot).catch((e) => say(`UZ-ERROR code=BOOTCTL_WRITE detail=${JSON.stringify((e as Error).message)}`));
+  let last: HealthResult = { ok: false, detail: 'not probed yet' };
+  const config = await loadAgentConfig().catch((e: unknown) => {
+    say(`UZ-ERROR code=${e instanceof UzError ? e.code : 'CONFIG_INVALID'} detail=${JSON.stringify((e as Error).message)}`);
+    return null;
+  });
+  const deadlineMs = (config?.healthDeadlineSeconds ?? app.health.startupDeadlineSeconds) * 1000;
+  const startedAt = Date.now();
+  /** Resolves as soon as the workload is healthy, or not healthy when the start-up deadline has passed. */
+  const waitHealthy = async (signal: AbortSignal): Promise<HealthVerdict> => {
+    for (;;) {
+      last = await probeHealth(app.health.check);
+      if (last.ok) return { ok: true, detail: last.detail };
+      if (Date.now() - startedAt > deadlineMs) {
+        say(`UZ-ERROR code=HEALTH_DEADLINE slot=${slot} detail=${JSON.stringify(last.detail)}`);
+        return { ok: false, detail: last.detail };
       }
-      say(`UZ-READY slot=${slot ?? 'unknown'} version=${info.version}`);
-    } else if (!h.ok && !ready && Date.now() > deadline) {
-      say(`UZ-ERROR code=HEALTH_DEADLINE slot=${slot} detail=${JSON.stringify(h.detail)}`);
-      if (isTrial && bootctl && slot) {
-        await bootctl.markBad(slot);
-        say(`UZ-ROLLBACK slot=${slot} reason=HEALTH_DEADLINE`);
-        await sup.stop();
-        await run('reboot').catch(() => {});
-        return;
-      }
+      if (signal.aborted) return { ok: false, detail: 'aborted' };
+      await new Promise((r) => setTimeout(r, 1000));
     }
-    await new Promise((r) => setTimeout(r, ready ? app.health.intervalSeconds * 1000 : 1000));
+  };
+
+  if (!slot) {
+    say('UZ-ERROR code=SLOT_UNKNOWN detail="no /run/uz/slot: updates and boot marking disabled"');
+    const h = await waitHealthy(new AbortController().signal);
+    if (h.ok) say(`UZ-READY slot=unknown version=${info.version}`);
+    return keepProbing();
+  }
+
+  const bootctl = bootControlFor(info.bootControl, slot);
+  let root: RootMetadata | null = null;
+  try {
+    root = await loadTrustedRoot(config?.trustRoot ?? DEFAULT_TRUST_ROOT);
+  } catch (e) {
+    say(`UZ-WARN code=${e instanceof UzError ? e.code : 'TRUST_ROOT'} detail=${JSON.stringify((e as Error).message)} updates-disabled`);
+  }
+  const slots = slotPathsFromBootPartition(await readFile('/run/uz/bootpart', 'utf8').catch(() => '/dev/vda1'));
+
+  const tls = config?.tls
+    ? { cert: await readFile(config.tls.cert), key: await readFile(config.tls.key), ...(config.tls.ca ? { ca: await readFile(config.tls.ca) } : {}) }
+    : undefined;
+  const agent = config
+    ? new MqttAgent({
+        config,
+        log: say,
+        ...(tls ? { tls } : {}),
+        statusExtra: async () => ({
+          board: info.board,
+          version: info.version,
+          workload: { name: app.name, version: app.version ?? info.version, healthy: last.ok, detail: last.detail.slice(0, 500), restarts: sup.restarts, ...(last.height !== undefined ? { height: last.height } : {}) },
+          bootControl: await bootctl.read(),
+        }),
+      })
+    : null;
+
+  const notify = (n: EngineNotice) => {
+    agent?.notify(n);
+    switch (n.kind) {
+      case 'ready':
+        say(`UZ-READY slot=${n.slot} version=${n.version}`);
+        break;
+      case 'phase':
+        say(`UZ-UPDATE txid=${n.event.txid} phase=${n.event.phase} version=${n.event.version}${n.event.error ? ` code=${n.event.error.code}` : ''}`);
+        break;
+      case 'reboot':
+        say(n.rollback ? `UZ-ROLLBACK slot=${slot} reason=${JSON.stringify(n.reason)}` : `UZ-REBOOT slot=${slot} reason=${JSON.stringify(n.reason)}`);
+        void sup.stop();
+        break;
+      case 'log':
+        say(`UZ-AGENT ${n.line}`);
+        break;
+      case 'state':
+        break;
+    }
+  };
+
+  const noSource = (): RangeSource => {
+    throw new UzError('AGENT_OFFLINE', 'no agent config: updates cannot be fetched', {});
+  };
+  const engine = new UpdateEngine({
+    storage: nodeStorage,
+    stateDir: config?.stateDir ?? '/data/uz',
+    bootctl,
+    slots,
+    // Without a trusted root nothing verifies: every release is refused (fail closed).
+    trust: { root, board: info.board, ...(info.hardwareIds[0] ? { hardwareId: info.hardwareIds[0] } : {}) },
+    running: { version: info.version },
+    sourceFor: (r) => (agent ? agent.sourceFor(r) : noSource()),
+    waitHealthy,
+    notify,
+  });
+  agent?.start();
+  if (agent) agent.attach(engine);
+  try {
+    await engine.start();
+  } catch (e) {
+    // The workload must not depend on the updater: report, then do the minimal good/ready marking.
+    say(`UZ-ERROR code=${e instanceof UzError ? e.code : 'ENGINE_START'} detail=${JSON.stringify((e as Error).message)}`);
+    const h = await waitHealthy(new AbortController().signal);
+    if (h.ok) {
+      await bootctl.markGood(slot).catch((err: unknown) => say(`UZ-ERROR code=BOOTCTL_WRITE detail=${JSON.stringify((err as Error).message)}`));
+      say(`UZ-READY slot=${slot} version=${info.version}`);
+    }
+  }
+  await keepProbing();
+
+  /** After start-up, keep the health fact fresh for status reports. */
+  async function keepProbing(): Promise<void> {
+    for (;;) {
+      await new Promise((r) => setTimeout(r, app.health.intervalSeconds * 1000));
+      last = await probeHealth(app.health.check);
+    }
   }
 }
 
