@@ -1,0 +1,71 @@
+/**
+ * Rollout benchmark: `npm run bench:rollout -- --devices <n> [--json] [--step-ms 20] [--download none|range]`.
+ * Starts `uz server` as a child process, connects n simulated devices (server/sim.ts) over MQTT, publishes a
+ * signed release and runs a 1% → 10% → 50% → 100% rollout to completion. Prints one JSON line:
+ *   {"devices":n,"completed":c,"seconds":s,"serverPeakRssMiB":m}
+ * seconds = rollout creation → completed; serverPeakRssMiB = VmHWM of the server process.
+ */
+import { readFileSync } from 'node:fs';
+import { writeBundle } from '../firmware/bundle/index.js';
+import { createRootSigned, generateSigningKey, signRoot } from '../firmware/trust/index.js';
+import { FleetSim, type DownloadMode } from '../server/sim.js';
+import { arg, sleep, startServerProcess, tmp, writeRoot } from '../server/child-process.js';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const devices = Number(arg('devices', '1000'));
+const json = process.argv.includes('--json');
+const stepMs = Number(arg('step-ms', '20'));
+const download = (arg('download', 'none') as DownloadMode);
+const log = (s: string) => !json && process.stderr.write(s + '\n');
+
+const data = tmp('uz-bench-rollout-');
+const rootKey = generateSigningKey();
+const release = generateSigningKey();
+const one = { keys: [generateSigningKey()], threshold: 1 };
+writeRoot(data, JSON.stringify(signRoot(createRootSigned({ expires: new Date(Date.now() + 86_400_000), root: { keys: [rootKey], threshold: 1 }, release: { keys: [release], threshold: 1 }, targets: one, snapshot: one, timestamp: one }), [rootKey])));
+const work = tmp('uz-bench-bundle-');
+writeFileSync(join(work, 'payload'), randomBytes(1024 * 1024));
+await writeBundle({ payload: join(work, 'payload'), out: join(work, 'b.uzb'), manifest: { board: { id: 'rpi4' }, version: '2.0.0', rollbackCounter: 2, workload: { name: 'app', version: '1.0.0' } }, keys: [release] });
+
+const srv = await startServerProcess(data, { UZ_SERVER_MQTT_DEVICE_MSG_PER_SEC: '100', UZ_SERVER_HTTP_RATE_LIMIT_PER_MINUTE: '100000' });
+const call = async (method: string, path: string, body?: unknown, raw?: Buffer) => {
+  const r = await fetch(srv.api + path, { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': raw ? 'application/octet-stream' : 'application/json' }, body: raw ? new Uint8Array(raw) : body === undefined ? undefined : JSON.stringify(body) });
+  const j = (await r.json()) as Record<string, any>;
+  if (!r.ok) throw new Error(`${method} ${path}: ${JSON.stringify(j)}`);
+  return j;
+};
+const sim = new FleetSim({ url: srv.mqtt, devices, stepMs, download, prefix: 'bench', seed: 'bench', connectBatch: 100 });
+let exitCode = 0;
+try {
+  const tc = Date.now();
+  await sim.start();
+  for (;;) {
+    const n = (await call('GET', '/api/v1/devices')).devices.filter((d: { status: unknown }) => d.status).length;
+    if (n >= devices) break;
+    if (Date.now() - tc > 300_000) throw new Error(`only ${n} devices reported`);
+    await sleep(200);
+  }
+  log(`${devices} devices connected in ${((Date.now() - tc) / 1000).toFixed(1)} s`);
+  await call('POST', '/api/v1/releases?channel=stable', undefined, readFileSync(join(work, 'b.uzb')));
+  const t0 = Date.now();
+  const r = await call('POST', '/api/v1/rollouts', { channel: 'stable', stages: ['1%', '10%', '50%', '100%'], maxInFlight: Math.max(50, Math.ceil(devices / 4)), ratePerMinute: 1_000_000, minDevices: 5 });
+  const id = r.rollout.id as string;
+  let st: Record<string, any>;
+  for (;;) {
+    st = await call('GET', `/api/v1/rollouts/${id}`);
+    if (st.rollout.state !== 'running') break;
+    if (Date.now() - t0 > 600_000) break;
+    await sleep(100);
+  }
+  const seconds = Math.round((Date.now() - t0) / 10) / 100;
+  const out = { devices, completed: st.totals.succeeded as number, seconds, serverPeakRssMiB: srv.peakRssMiB() };
+  if (st.rollout.state !== 'completed') exitCode = 1;
+  process.stdout.write(JSON.stringify(out) + '\n');
+  log(`rollout ${id} ${st.rollout.state}`);
+} finally {
+  await sim.stop();
+  await srv.stop();
+}
+process.exit(exitCode);

@@ -1,0 +1,178 @@
+// Dashboard: polls the API every 2 s with the token kept in localStorage (or given as #token=… once).
+const $ = (s) => document.querySelector(s);
+const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+const ago = (ts) => {
+  if (!ts) return '-';
+  const s = Math.max(0, Math.round((Date.now() - ts) / 1000));
+  return s < 60 ? `${s}s ago` : s < 3600 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
+};
+
+const hash = new URLSearchParams(location.hash.slice(1));
+if (hash.get('token')) {
+  localStorage.setItem('uz-token', hash.get('token'));
+  history.replaceState(null, '', location.pathname);
+}
+let token = localStorage.getItem('uz-token');
+let selected = null;
+let role = 'viewer';
+
+async function api(path, method = 'GET') {
+  const r = await fetch(path, { method, headers: { authorization: `Bearer ${token}` } });
+  const j = await r.json();
+  if (r.status === 401) {
+    localStorage.removeItem('uz-token');
+    token = null;
+    showLogin();
+    throw new Error(j.error?.message ?? 'unauthorized');
+  }
+  if (!r.ok) throw new Error(`${j.error?.code}: ${j.error?.message}`);
+  return j;
+}
+
+function showLogin() {
+  $('#login').hidden = false;
+  $('#app').hidden = true;
+}
+
+$('#login-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  token = $('#token').value.trim();
+  localStorage.setItem('uz-token', token);
+  $('#login').hidden = true;
+  boot();
+});
+
+function count(list, f) {
+  const m = new Map();
+  for (const x of list) {
+    const k = f(x);
+    m.set(k, (m.get(k) ?? 0) + 1);
+  }
+  return [...m.entries()].sort((a, b) => b[1] - a[1]);
+}
+
+function renderCards(devices) {
+  const on = devices.filter((d) => d.online).length;
+  const unhealthy = devices.filter((d) => d.status && !d.status.workload.healthy).length;
+  const errors = devices.filter((d) => d.status?.lastError).length;
+  const list = (pairs) => pairs.slice(0, 4).map(([k, v]) => `<div><span>${esc(k)}</span><span>${v}</span></div>`).join('');
+  $('#cards').innerHTML = `
+    <div class="card" data-testid="online"><small>online</small><b class="ok">${on}</b><small>of ${devices.length} devices</small></div>
+    <div class="card"><small>offline</small><b class="${devices.length - on ? 'warn' : ''}">${devices.length - on}</b><small>not connected</small></div>
+    <div class="card"><small>versions</small><div class="bars">${list(count(devices, (d) => d.status?.version ?? 'unknown'))}</div></div>
+    <div class="card"><small>active slot</small><div class="bars">${list(count(devices, (d) => d.status?.slot ?? '?'))}</div></div>
+    <div class="card"><small>health</small><b class="${unhealthy ? 'bad' : 'ok'}">${devices.length - unhealthy}</b><small>healthy · ${errors} with last error</small></div>`;
+}
+
+function renderRollouts(rollouts) {
+  if (!rollouts.length) {
+    $('#rollouts').innerHTML = '<p class="muted">No rollouts yet. <code>uz rollout create --channel stable</code></p>';
+    return;
+  }
+  const canOperate = role !== 'viewer';
+  $('#rollouts').innerHTML = rollouts.map(({ rollout: r, stages, totals, release }) => {
+    const pct = (n, t) => (t ? (100 * n) / t : 0);
+    const stageHtml = stages.map((s) => `
+      <div class="stage ${s.stage === r.stageIndex && r.state !== 'completed' ? 'cur' : ''}">
+        <div><b>Stage ${s.stage + 1}</b> <span class="muted">${esc(s.label)} · ${s.total} devices</span></div>
+        <div class="bar"><span class="s" style="width:${pct(s.succeeded, s.total)}%"></span><span class="f" style="width:${pct(s.failed, s.total)}%"></span><span class="d" style="width:${pct(s.dispatched, s.total)}%"></span><span class="k" style="width:${pct(s.skipped, s.total)}%"></span></div>
+        <small><span class="ok">${s.succeeded} ok</span> · <span class="bad">${s.failed} failed</span> · ${s.dispatched} in flight · ${s.pending} pending</small>
+      </div>`).join('');
+    return `<div class="rollout" data-rollout="${esc(r.id)}">
+      <div class="head"><b>${esc(r.id)}</b><span class="state ${esc(r.state)}">${esc(r.state)}</span>
+        <span>release <b>${esc(release?.version ?? r.releaseId)}</b> <span class="muted">${esc(r.releaseId)}</span></span>
+        <span class="muted">target ${esc(JSON.stringify(r.target))}</span>
+        <span>${totals.succeeded}/${totals.total} updated · <span class="bad">${totals.failed} failed</span></span>
+        <span style="flex:1"></span>
+        <button data-act="pause" ${r.state === 'running' && canOperate ? '' : 'disabled'}>Pause</button>
+        <button data-act="resume" ${r.state === 'paused' && canOperate ? '' : 'disabled'}>Resume</button>
+        <button class="danger" data-act="abort" ${(r.state === 'running' || r.state === 'paused') && canOperate ? '' : 'disabled'}>Abort</button>
+      </div>
+      ${r.reason ? `<div class="reason">⚠ ${esc(r.reason)}</div>` : ''}
+      <div class="stages">${stageHtml}</div>
+    </div>`;
+  }).join('');
+}
+
+$('#rollouts').addEventListener('click', async (e) => {
+  const b = e.target.closest('button[data-act]');
+  if (!b) return;
+  const id = b.closest('[data-rollout]').dataset.rollout;
+  if (b.dataset.act === 'abort' && !confirm(`Abort ${id}?`)) return;
+  b.disabled = true;
+  try {
+    await api(`/api/v1/rollouts/${id}/${b.dataset.act}`, 'POST');
+  } catch (err) {
+    alert(err.message);
+  }
+  refresh();
+});
+
+let lastDevices = [];
+function renderDevices(devices) {
+  lastDevices = devices;
+  const f = $('#filter').value.trim().toLowerCase();
+  const rows = devices.filter((d) => !f || [d.id, d.status?.version, d.status?.state].join(' ').toLowerCase().includes(f)).slice(0, 500);
+  $('#devices tbody').innerHTML = rows.map((d) => `<tr data-id="${esc(d.id)}" class="${d.id === selected ? 'sel' : ''}">
+    <td>${esc(d.id)}</td><td><span class="dot ${d.online ? 'on' : ''}"></span>${d.online ? 'online' : 'offline'}</td>
+    <td>${esc(d.status?.version ?? '-')}</td><td>${esc(d.status?.slot ?? '-')}</td><td>${esc(d.status?.state ?? '-')}</td>
+    <td>${d.status ? (d.status.workload.healthy ? '<span class="ok">healthy</span>' : '<span class="bad">unhealthy</span>') : '-'}</td>
+    <td class="bad">${esc(d.status?.lastError?.code ?? '')}</td><td class="muted">${ago(d.lastSeen)}</td></tr>`).join('');
+}
+$('#filter').addEventListener('input', () => renderDevices(lastDevices));
+$('#devices').addEventListener('click', (e) => {
+  const tr = e.target.closest('tr[data-id]');
+  if (!tr) return;
+  selected = tr.dataset.id;
+  renderDevices(lastDevices);
+  renderDetail();
+});
+
+async function renderDetail() {
+  if (!selected) return;
+  const { device: d, history, active } = await api(`/api/v1/devices/${selected}`);
+  const line = (e) => {
+    const x = e.data ?? {};
+    if (e.kind === 'event') return `<b>${esc(x.phase)}</b> ${esc(x.version)} <code>${esc(x.deploymentId ?? '')}</code>${x.error ? ` <span class="bad">${esc(x.error.code)}: ${esc(x.error.message)}</span>` : ''}`;
+    if (e.kind === 'status') return `status ${esc(x.version)} slot ${esc(x.slot)} ${esc(x.state)}${x.healthy === false ? ' <span class="bad">unhealthy</span>' : ''}${x.lastError ? ` <span class="bad">${esc(x.lastError.code)}</span>` : ''}`;
+    if (e.kind === 'rejected') return `<span class="warn">rejected ${esc(x.code)}</span> <code>${esc(x.reason)}</code>`;
+    return esc(e.kind);
+  };
+  const errs = history.filter((e) => e.kind === 'event' && e.data?.error).slice(0, 5);
+  $('#detail').innerHTML = `<h3>${esc(d.id)}</h3>
+    <div><span class="dot ${d.online ? 'on' : ''}"></span>${d.online ? 'online' : 'offline'} · channel ${esc(d.channel)} ${d.tags.map((t) => `<code>#${esc(t)}</code>`).join(' ')}</div>
+    <div>running <b>${esc(d.status?.version ?? '?')}</b> on slot ${esc(d.status?.slot ?? '?')} · ${esc(d.status?.state ?? '?')} · board ${esc(d.status?.board ?? '?')}</div>
+    <div>desired ${d.desired?.release ? `<b>${esc(d.desired.release.version)}</b> <code>${esc(d.desired.deploymentId ?? '')}</code>` : '<span class="muted">none</span>'}${active.length ? ' · <span class="warn">update in flight</span>' : ''}</div>
+    <h4>Last errors</h4>${errs.length ? `<ol>${errs.map((e) => `<li>${new Date(e.ts).toISOString().slice(0, 19)} ${line(e)}</li>`).join('')}</ol>` : '<p class="muted">none</p>'}
+    <h4>Update history</h4><ol>${history.slice(0, 60).map((e) => `<li><span class="muted">${new Date(e.ts).toISOString().slice(11, 19)}</span> ${line(e)}</li>`).join('')}</ol>`;
+}
+
+async function refresh() {
+  if (!token) return;
+  try {
+    const [{ devices }, { rollouts }] = await Promise.all([api('/api/v1/devices'), api('/api/v1/rollouts')]);
+    renderCards(devices);
+    renderRollouts(rollouts);
+    renderDevices(devices);
+    if (selected) await renderDetail();
+    $('#footer').textContent = `updated ${new Date().toLocaleTimeString()} · ${devices.length} devices · ${rollouts.length} rollouts`;
+    document.body.dataset.ready = '1';
+  } catch (e) {
+    $('#footer').textContent = `error: ${e.message}`;
+  }
+}
+
+async function boot() {
+  if (!token) return showLogin();
+  try {
+    const me = await api('/api/v1/whoami');
+    role = me.role;
+    $('#who').textContent = `${me.name} (${me.role})`;
+  } catch {
+    return;
+  }
+  $('#app').hidden = false;
+  await refresh();
+  setInterval(refresh, 2000);
+}
+boot();

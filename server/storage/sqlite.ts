@@ -1,0 +1,377 @@
+/**
+ * Embedded durable storage on better-sqlite3 (v12; v13 needs Node 22). WAL journal with synchronous=FULL:
+ * a transaction that returned is on disk (fsync of the WAL on every commit), so kill -9 or power loss never
+ * loses an acknowledged write. See docs/server.md "Storage" for the choice vs PGlite.
+ */
+import Database from 'better-sqlite3';
+import type { Desired, Status } from '../../lib/protocol.js';
+import type {
+  AuditRow, ChannelRow, DeviceEventRow, DeviceFilter, DeviceRow, MemberRow, MemberState, ReleaseRow, Role, RolloutRow, RolloutState,
+  StageStats, Storage, TokenRow,
+} from './types.js';
+
+const SCHEMA = [
+  `CREATE TABLE IF NOT EXISTS devices (
+     id TEXT PRIMARY KEY, secret_hash TEXT, channel TEXT NOT NULL DEFAULT 'stable', tags TEXT NOT NULL DEFAULT '[]',
+     online INTEGER NOT NULL DEFAULT 0, last_seen INTEGER, status TEXT, desired TEXT, created_at INTEGER NOT NULL)`,
+  `CREATE INDEX IF NOT EXISTS devices_channel ON devices(channel)`,
+  `CREATE TABLE IF NOT EXISTS device_events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, ts INTEGER NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL)`,
+  `CREATE INDEX IF NOT EXISTS device_events_dev ON device_events(device_id, id)`,
+  `CREATE TABLE IF NOT EXISTS releases (
+     id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, board TEXT NOT NULL, version TEXT NOT NULL,
+     rollback_counter INTEGER NOT NULL, workload TEXT NOT NULL, manifest TEXT NOT NULL, signed_by TEXT NOT NULL,
+     created_at INTEGER NOT NULL, yanked INTEGER NOT NULL DEFAULT 0, yanked_reason TEXT, UNIQUE(board, version))`,
+  `CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, release_id TEXT, updated_at INTEGER NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS rollouts (
+     id TEXT PRIMARY KEY, release_id TEXT NOT NULL, target TEXT NOT NULL, policy TEXT NOT NULL, state TEXT NOT NULL,
+     stage_index INTEGER NOT NULL, stage_cutoffs TEXT NOT NULL, reason TEXT, ack_failed INTEGER NOT NULL DEFAULT 0,
+     ack_decided INTEGER NOT NULL DEFAULT 0, gate_override INTEGER, last_stage_at INTEGER NOT NULL,
+     created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, created_by TEXT NOT NULL, rev INTEGER NOT NULL DEFAULT 0)`,
+  `CREATE TABLE IF NOT EXISTS rollout_devices (
+     rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, position INTEGER NOT NULL, stage INTEGER NOT NULL,
+     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, dispatched_at INTEGER, finished_at INTEGER,
+     txid TEXT, error TEXT, PRIMARY KEY (rollout_id, device_id))`,
+  `CREATE INDEX IF NOT EXISTS rd_state ON rollout_devices(rollout_id, state, stage, position)`,
+  `CREATE INDEX IF NOT EXISTS rd_device ON rollout_devices(device_id, state)`,
+  `CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+     created_at INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)`,
+  `CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, actor TEXT NOT NULL,
+     action TEXT NOT NULL, target TEXT NOT NULL, details TEXT)`,
+];
+
+/** Keep at most this many history rows per device (oldest trimmed). */
+const EVENTS_PER_DEVICE = 200;
+
+type R = Record<string, unknown>;
+const j = <T>(s: unknown): T => JSON.parse(s as string) as T;
+
+function deviceRow(r: R): DeviceRow {
+  return {
+    id: r.id as string,
+    channel: r.channel as string,
+    tags: j<string[]>(r.tags),
+    online: r.online === 1,
+    lastSeen: (r.last_seen as number | null) ?? null,
+    status: r.status ? j<Status>(r.status) : null,
+    desired: r.desired ? j<Desired>(r.desired) : null,
+    createdAt: r.created_at as number,
+  };
+}
+
+function releaseRow(r: R): ReleaseRow {
+  return {
+    id: r.id as string,
+    sha256: r.sha256 as string,
+    size: r.size as number,
+    board: r.board as string,
+    version: r.version as string,
+    rollbackCounter: r.rollback_counter as number,
+    workload: j(r.workload),
+    manifest: j(r.manifest),
+    signedBy: j(r.signed_by),
+    createdAt: r.created_at as number,
+    yanked: r.yanked === 1,
+    yankedReason: (r.yanked_reason as string | null) ?? null,
+  };
+}
+
+function rolloutRow(r: R): RolloutRow {
+  return {
+    id: r.id as string,
+    releaseId: r.release_id as string,
+    target: j(r.target),
+    policy: j(r.policy),
+    state: r.state as RolloutState,
+    stageIndex: r.stage_index as number,
+    stageCutoffs: j(r.stage_cutoffs),
+    reason: (r.reason as string | null) ?? null,
+    ackFailed: r.ack_failed as number,
+    ackDecided: r.ack_decided as number,
+    gateOverride: (r.gate_override as number | null) ?? null,
+    lastStageAt: r.last_stage_at as number,
+    createdAt: r.created_at as number,
+    updatedAt: r.updated_at as number,
+    createdBy: r.created_by as string,
+    rev: r.rev as number,
+  };
+}
+
+function memberRow(r: R): MemberRow {
+  return {
+    rolloutId: r.rollout_id as string,
+    deviceId: r.device_id as string,
+    position: r.position as number,
+    stage: r.stage as number,
+    state: r.state as MemberState,
+    attempts: r.attempts as number,
+    dispatchedAt: (r.dispatched_at as number | null) ?? null,
+    finishedAt: (r.finished_at as number | null) ?? null,
+    txid: (r.txid as string | null) ?? null,
+    error: (r.error as string | null) ?? null,
+  };
+}
+
+export class SqliteStorage implements Storage {
+  readonly kind = 'sqlite';
+  readonly db: Database.Database;
+
+  /** `path` is a file (durable) or ':memory:' (tests). */
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    for (const s of SCHEMA) this.db.exec(s);
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  private all(sql: string, ...args: unknown[]): R[] {
+    return this.db.prepare(sql).all(...args) as R[];
+  }
+  private get(sql: string, ...args: unknown[]): R | undefined {
+    return this.db.prepare(sql).get(...args) as R | undefined;
+  }
+  private run(sql: string, ...args: unknown[]): Database.RunResult {
+    return this.db.prepare(sql).run(...args);
+  }
+
+  async registerDevice(d: { id: string; secretHash: string | null; channel?: string; tags?: string[]; now: number }): Promise<boolean> {
+    const r = this.run(
+      `INSERT INTO devices (id, secret_hash, channel, tags, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING`,
+      d.id, d.secretHash, d.channel ?? 'stable', JSON.stringify(d.tags ?? []), d.now,
+    );
+    return r.changes === 1;
+  }
+  async deviceSecretHash(id: string): Promise<string | null | undefined> {
+    const r = this.get(`SELECT secret_hash FROM devices WHERE id = ?`, id);
+    return r ? ((r.secret_hash as string | null) ?? null) : undefined;
+  }
+  async getDevice(id: string): Promise<DeviceRow | null> {
+    const r = this.get(`SELECT * FROM devices WHERE id = ?`, id);
+    return r ? deviceRow(r) : null;
+  }
+  async listDevices(f: DeviceFilter = {}): Promise<DeviceRow[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (f.channel !== undefined) (where.push('channel = ?'), args.push(f.channel));
+    if (f.tag !== undefined) (where.push(`EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE value = ?)`), args.push(f.tag));
+    if (f.ids !== undefined) {
+      if (f.ids.length === 0) return [];
+      where.push(`id IN (SELECT value FROM json_each(?))`);
+      args.push(JSON.stringify(f.ids));
+    }
+    return this.all(`SELECT * FROM devices ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id`, ...args).map(deviceRow);
+  }
+  async updateDeviceMeta(id: string, patch: { channel?: string; tags?: string[] }): Promise<boolean> {
+    const r = this.run(
+      `UPDATE devices SET channel = COALESCE(?, channel), tags = COALESCE(?, tags) WHERE id = ?`,
+      patch.channel ?? null, patch.tags ? JSON.stringify(patch.tags) : null, id,
+    );
+    return r.changes === 1;
+  }
+  async setPresence(id: string, online: boolean, now: number): Promise<void> {
+    this.run(`UPDATE devices SET online = ?, last_seen = ? WHERE id = ?`, online ? 1 : 0, now, id);
+  }
+  async setStatus(id: string, status: Status, now: number): Promise<void> {
+    this.run(`UPDATE devices SET status = ?, last_seen = ?, online = 1 WHERE id = ?`, JSON.stringify(status), now, id);
+  }
+  async setDesired(id: string, desired: Desired | null): Promise<void> {
+    this.run(`UPDATE devices SET desired = ? WHERE id = ?`, desired ? JSON.stringify(desired) : null, id);
+  }
+  async markAllOffline(): Promise<void> {
+    this.run(`UPDATE devices SET online = 0 WHERE online = 1`);
+  }
+  async appendDeviceEvent(deviceId: string, ts: number, kind: DeviceEventRow['kind'], data: unknown): Promise<void> {
+    const r = this.run(`INSERT INTO device_events (device_id, ts, kind, data) VALUES (?, ?, ?, ?)`, deviceId, ts, kind, JSON.stringify(data ?? null));
+    const id = Number(r.lastInsertRowid);
+    if (id % 50 === 0) {
+      this.run(
+        `DELETE FROM device_events WHERE device_id = ? AND id < (SELECT MIN(id) FROM (SELECT id FROM device_events WHERE device_id = ? ORDER BY id DESC LIMIT ?))`,
+        deviceId, deviceId, EVENTS_PER_DEVICE,
+      );
+    }
+  }
+  async listDeviceEvents(deviceId: string, limit: number): Promise<DeviceEventRow[]> {
+    return this.all(`SELECT * FROM device_events WHERE device_id = ? ORDER BY id DESC LIMIT ?`, deviceId, limit).map((r) => ({
+      id: r.id as number,
+      deviceId: r.device_id as string,
+      ts: r.ts as number,
+      kind: r.kind as DeviceEventRow['kind'],
+      data: j(r.data),
+    }));
+  }
+
+  async insertRelease(r: ReleaseRow): Promise<void> {
+    this.run(
+      `INSERT INTO releases (id, sha256, size, board, version, rollback_counter, workload, manifest, signed_by, created_at, yanked, yanked_reason)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      r.id, r.sha256, r.size, r.board, r.version, r.rollbackCounter, JSON.stringify(r.workload), JSON.stringify(r.manifest),
+      JSON.stringify(r.signedBy), r.createdAt, r.yanked ? 1 : 0, r.yankedReason,
+    );
+  }
+  async getRelease(id: string): Promise<ReleaseRow | null> {
+    const r = this.get(`SELECT * FROM releases WHERE id = ?`, id);
+    return r ? releaseRow(r) : null;
+  }
+  async getReleaseBySha(sha256: string): Promise<ReleaseRow | null> {
+    const r = this.get(`SELECT * FROM releases WHERE sha256 = ?`, sha256);
+    return r ? releaseRow(r) : null;
+  }
+  async findRelease(board: string, version: string): Promise<ReleaseRow | null> {
+    const r = this.get(`SELECT * FROM releases WHERE board = ? AND version = ?`, board, version);
+    return r ? releaseRow(r) : null;
+  }
+  async listReleases(): Promise<ReleaseRow[]> {
+    return this.all(`SELECT * FROM releases ORDER BY created_at DESC, id`).map(releaseRow);
+  }
+  async yankRelease(id: string, reason: string): Promise<boolean> {
+    return this.run(`UPDATE releases SET yanked = 1, yanked_reason = ? WHERE id = ?`, reason, id).changes === 1;
+  }
+  async setChannel(name: string, releaseId: string | null, now: number): Promise<void> {
+    this.run(
+      `INSERT INTO channels (name, release_id, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET release_id = excluded.release_id, updated_at = excluded.updated_at`,
+      name, releaseId, now,
+    );
+  }
+  async getChannel(name: string): Promise<ChannelRow | null> {
+    const r = this.get(`SELECT * FROM channels WHERE name = ?`, name);
+    return r ? { name: r.name as string, releaseId: (r.release_id as string | null) ?? null, updatedAt: r.updated_at as number } : null;
+  }
+  async listChannels(): Promise<ChannelRow[]> {
+    return this.all(`SELECT * FROM channels ORDER BY name`).map((r) => ({ name: r.name as string, releaseId: (r.release_id as string | null) ?? null, updatedAt: r.updated_at as number }));
+  }
+
+  async createRollout(r: RolloutRow, members: { deviceId: string; position: number; stage: number; state?: MemberState }[]): Promise<void> {
+    const ins = this.db.prepare(`INSERT INTO rollout_devices (rollout_id, device_id, position, stage, state) VALUES (?, ?, ?, ?, ?)`);
+    this.db.transaction(() => {
+      this.run(
+        `INSERT INTO rollouts (id, release_id, target, policy, state, stage_index, stage_cutoffs, reason, ack_failed, ack_decided, gate_override,
+           last_stage_at, created_at, updated_at, created_by, rev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        r.id, r.releaseId, JSON.stringify(r.target), JSON.stringify(r.policy), r.state, r.stageIndex, JSON.stringify(r.stageCutoffs), r.reason,
+        r.ackFailed, r.ackDecided, r.gateOverride, r.lastStageAt, r.createdAt, r.updatedAt, r.createdBy, r.rev,
+      );
+      for (const m of members) ins.run(r.id, m.deviceId, m.position, m.stage, m.state ?? 'pending');
+    }).immediate();
+  }
+  async getRollout(id: string): Promise<RolloutRow | null> {
+    const r = this.get(`SELECT * FROM rollouts WHERE id = ?`, id);
+    return r ? rolloutRow(r) : null;
+  }
+  async listRollouts(states?: RolloutState[]): Promise<RolloutRow[]> {
+    if (states) return this.all(`SELECT * FROM rollouts WHERE state IN (SELECT value FROM json_each(?)) ORDER BY created_at DESC, id`, JSON.stringify(states)).map(rolloutRow);
+    return this.all(`SELECT * FROM rollouts ORDER BY created_at DESC, id`).map(rolloutRow);
+  }
+  async updateRollout(id: string, rev: number, patch: Partial<Pick<RolloutRow, 'state' | 'stageIndex' | 'reason' | 'ackFailed' | 'ackDecided' | 'gateOverride' | 'lastStageAt'>>, now: number): Promise<RolloutRow | null> {
+    const cols: Record<string, string> = { state: 'state', stageIndex: 'stage_index', reason: 'reason', ackFailed: 'ack_failed', ackDecided: 'ack_decided', gateOverride: 'gate_override', lastStageAt: 'last_stage_at' };
+    const sets: string[] = [];
+    const args: unknown[] = [];
+    for (const [k, v] of Object.entries(patch)) {
+      if (v === undefined) continue;
+      sets.push(`${cols[k]} = ?`);
+      args.push(v);
+    }
+    sets.push('updated_at = ?', 'rev = rev + 1');
+    args.push(now);
+    const r = this.run(`UPDATE rollouts SET ${sets.join(', ')} WHERE id = ? AND rev = ?`, ...args, id, rev);
+    return r.changes === 1 ? this.getRollout(id) : null;
+  }
+  async stageStats(rolloutId: string): Promise<StageStats[]> {
+    const rows = this.all(
+      `SELECT stage, COUNT(*) total,
+         SUM(state = 'pending') pending, SUM(state = 'dispatched') dispatched, SUM(state = 'succeeded') succeeded,
+         SUM(state = 'failed') failed, SUM(state = 'skipped') skipped
+       FROM rollout_devices WHERE rollout_id = ? GROUP BY stage ORDER BY stage`,
+      rolloutId,
+    );
+    return rows.map((r) => ({
+      stage: r.stage as number, total: r.total as number, pending: Number(r.pending), dispatched: Number(r.dispatched),
+      succeeded: Number(r.succeeded), failed: Number(r.failed), skipped: Number(r.skipped),
+    }));
+  }
+  async dispatchedSince(rolloutId: string, since: number): Promise<number> {
+    return Number(this.get(`SELECT COUNT(*) n FROM rollout_devices WHERE rollout_id = ? AND dispatched_at >= ?`, rolloutId, since)!.n);
+  }
+  async claimForDispatch(rolloutId: string, maxStage: number, limit: number, now: number, onlineOnly: boolean, desiredFor?: (m: MemberRow) => Desired): Promise<MemberRow[]> {
+    if (limit <= 0) return [];
+    return this.db.transaction(() => {
+      const rows = this.all(
+        `SELECT rd.device_id FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
+         WHERE rd.rollout_id = ? AND rd.state = 'pending' AND rd.stage <= ? ${onlineOnly ? 'AND d.online = 1' : ''}
+         ORDER BY d.online DESC, rd.position LIMIT ?`,
+        rolloutId, maxStage, limit,
+      );
+      const upd = this.db.prepare(
+        `UPDATE rollout_devices SET state = 'dispatched', attempts = attempts + 1, dispatched_at = ?, finished_at = NULL,
+           txid = ? || '-a' || (attempts + 1)
+         WHERE rollout_id = ? AND device_id = ? AND state = 'pending'`,
+      );
+      const out: MemberRow[] = [];
+      for (const r of rows) {
+        if (upd.run(now, rolloutId, rolloutId, r.device_id).changes === 1) {
+          const m = memberRow(this.get(`SELECT * FROM rollout_devices WHERE rollout_id = ? AND device_id = ?`, rolloutId, r.device_id)!);
+          if (desiredFor) this.run(`UPDATE devices SET desired = ? WHERE id = ?`, JSON.stringify(desiredFor(m)), m.deviceId);
+          out.push(m);
+        }
+      }
+      return out;
+    }).immediate();
+  }
+  async finishMember(rolloutId: string, deviceId: string, outcome: 'succeeded' | 'failed', error: string | null, now: number): Promise<boolean> {
+    return this.run(
+      `UPDATE rollout_devices SET state = ?, error = ?, finished_at = ? WHERE rollout_id = ? AND device_id = ? AND state = 'dispatched'`,
+      outcome, error, now, rolloutId, deviceId,
+    ).changes === 1;
+  }
+  async timedOut(rolloutId: string, before: number): Promise<MemberRow[]> {
+    return this.all(`SELECT * FROM rollout_devices WHERE rollout_id = ? AND state = 'dispatched' AND dispatched_at < ? ORDER BY position`, rolloutId, before).map(memberRow);
+  }
+  async requeueMember(rolloutId: string, deviceId: string, error: string): Promise<boolean> {
+    return this.run(`UPDATE rollout_devices SET state = 'pending', error = ? WHERE rollout_id = ? AND device_id = ? AND state = 'dispatched'`, error, rolloutId, deviceId).changes === 1;
+  }
+  async skipPending(rolloutId: string, maxStage: number, reason: string, now: number): Promise<number> {
+    return this.run(`UPDATE rollout_devices SET state = 'skipped', error = ?, finished_at = ? WHERE rollout_id = ? AND state = 'pending' AND stage <= ?`, reason, now, rolloutId, maxStage).changes;
+  }
+  async listMembers(rolloutId: string, opts: { state?: MemberState; limit?: number } = {}): Promise<MemberRow[]> {
+    const lim = opts.limit ?? 100_000;
+    if (opts.state) return this.all(`SELECT * FROM rollout_devices WHERE rollout_id = ? AND state = ? ORDER BY position LIMIT ?`, rolloutId, opts.state, lim).map(memberRow);
+    return this.all(`SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY position LIMIT ?`, rolloutId, lim).map(memberRow);
+  }
+  async activeMemberships(deviceId: string): Promise<MemberRow[]> {
+    return this.all(
+      `SELECT rd.* FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+       WHERE rd.device_id = ? AND rd.state = 'dispatched' AND r.state IN ('running', 'paused', 'aborted')`,
+      deviceId,
+    ).map(memberRow);
+  }
+
+  async createToken(t: { id: string; name: string; role: Role; hash: string; now: number }): Promise<void> {
+    this.run(`INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?, ?, ?, ?, ?)`, t.id, t.name, t.role, t.hash, t.now);
+  }
+  async tokenByHash(hash: string): Promise<TokenRow | null> {
+    const r = this.get(`SELECT * FROM tokens WHERE hash = ? AND revoked = 0`, hash);
+    return r ? { id: r.id as string, name: r.name as string, role: r.role as Role, createdAt: r.created_at as number, revoked: false } : null;
+  }
+  async listTokens(): Promise<TokenRow[]> {
+    return this.all(`SELECT * FROM tokens ORDER BY created_at, id`).map((r) => ({ id: r.id as string, name: r.name as string, role: r.role as Role, createdAt: r.created_at as number, revoked: r.revoked === 1 }));
+  }
+  async revokeToken(id: string): Promise<boolean> {
+    return this.run(`UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0`, id).changes === 1;
+  }
+  async countTokens(): Promise<number> {
+    return Number(this.get(`SELECT COUNT(*) n FROM tokens WHERE revoked = 0`)!.n);
+  }
+
+  async appendAudit(a: { ts: number; actor: string; action: string; target: string; details?: unknown }): Promise<void> {
+    this.run(`INSERT INTO audit (ts, actor, action, target, details) VALUES (?, ?, ?, ?, ?)`, a.ts, a.actor, a.action, a.target, JSON.stringify(a.details ?? null));
+  }
+  async listAudit(limit: number): Promise<AuditRow[]> {
+    return this.all(`SELECT * FROM audit ORDER BY id DESC LIMIT ?`, limit).map((r) => ({
+      id: r.id as number, ts: r.ts as number, actor: r.actor as string, action: r.action as string, target: r.target as string, details: j(r.details),
+    }));
+  }
+}

@@ -1,0 +1,145 @@
+// The Storage contract suite (MQTT.js abstract_store idea): every implementation runs exactly these tests.
+import { describe, expect, it } from 'vitest';
+import type { RolloutRow, Storage } from '../../server/storage/types.js';
+
+const status = (id: string, version = '1.0.0') => ({
+  v: 1 as const, deviceId: id, ts: 1, board: 'rpi4', version, slot: 'A' as const, rollbackCounter: 1,
+  bootControl: { primary: 'A' as const, tryPending: null, bad: [] }, state: 'idle' as const,
+  workload: { name: 'app', version: '1', healthy: true, detail: '', restarts: 0 },
+});
+
+export function rolloutRow(id: string, over: Partial<RolloutRow> = {}): RolloutRow {
+  return {
+    id, releaseId: 'rel-1', target: { channel: 'stable' },
+    policy: { stages: [{ percent: 50 }, { percent: 100 }], successThreshold: 1, failureThreshold: { percent: 50 }, minDevices: 1, onFailure: 'pause', maxInFlight: 10, ratePerMinute: 100, timeoutSec: 60, retries: 1, offlineGraceSec: 60 },
+    state: 'running', stageIndex: 0, stageCutoffs: [2, 4], reason: null, ackFailed: 0, ackDecided: 0, gateOverride: null,
+    lastStageAt: 0, createdAt: 0, updatedAt: 0, createdBy: 'test', rev: 0, ...over,
+  };
+}
+
+export function storageContract(name: string, make: () => Promise<Storage>): void {
+  describe(`Storage contract: ${name}`, () => {
+    it('registers devices once, tracks presence, status and desired', async () => {
+      const s = await make();
+      expect(await s.registerDevice({ id: 'dev-a', secretHash: 'h1', now: 1 })).toBe(true);
+      expect(await s.registerDevice({ id: 'dev-a', secretHash: 'h2', now: 2 })).toBe(false);
+      expect(await s.deviceSecretHash('dev-a')).toBe('h1');
+      expect(await s.deviceSecretHash('nope')).toBeUndefined();
+      await s.registerDevice({ id: 'dev-b', secretHash: null, channel: 'beta', tags: ['lab', 'eu'], now: 3 });
+      await s.setPresence('dev-a', true, 10);
+      await s.setStatus('dev-b', status('dev-b'), 11);
+      let a = await s.getDevice('dev-a');
+      expect(a).toMatchObject({ id: 'dev-a', channel: 'stable', online: true, lastSeen: 10, status: null, desired: null });
+      expect((await s.getDevice('dev-b'))!.status!.version).toBe('1.0.0');
+      expect((await s.listDevices({ channel: 'beta' })).map((d) => d.id)).toEqual(['dev-b']);
+      expect((await s.listDevices({ tag: 'eu' })).map((d) => d.id)).toEqual(['dev-b']);
+      expect((await s.listDevices({ ids: ['dev-a', 'zzz'] })).map((d) => d.id)).toEqual(['dev-a']);
+      expect(await s.listDevices({ ids: [] })).toEqual([]);
+      expect(await s.updateDeviceMeta('dev-a', { tags: ['x'] })).toBe(true);
+      expect(await s.updateDeviceMeta('nope', { tags: ['x'] })).toBe(false);
+      const desired = { v: 1 as const, txid: 't1', deploymentId: null, issuedAt: 5, release: null };
+      await s.setDesired('dev-a', desired);
+      a = await s.getDevice('dev-a');
+      expect(a!.desired).toEqual(desired);
+      expect(a!.tags).toEqual(['x']);
+      await s.markAllOffline();
+      expect((await s.listDevices()).every((d) => !d.online)).toBe(true);
+      await s.appendDeviceEvent('dev-a', 1, 'event', { phase: 'accepted' });
+      await s.appendDeviceEvent('dev-a', 2, 'rejected', { code: 'MSG_INVALID' });
+      const ev = await s.listDeviceEvents('dev-a', 10);
+      expect(ev.map((e) => e.kind)).toEqual(['rejected', 'event']);
+      await s.close();
+    });
+
+    it('stores releases and channels; yanks', async () => {
+      const s = await make();
+      const rel = { id: 'rel-1', sha256: 'a'.repeat(64), size: 10, board: 'rpi4', version: '1.0.0', rollbackCounter: 1, workload: { name: 'app', version: '1' }, manifest: { x: 1 }, signedBy: ['k'], createdAt: 1, yanked: false, yankedReason: null };
+      await s.insertRelease(rel);
+      await expect(s.insertRelease({ ...rel, id: 'rel-2', sha256: 'b'.repeat(64) })).rejects.toThrow(); // same board+version
+      expect(await s.getRelease('rel-1')).toEqual(rel);
+      expect((await s.getReleaseBySha('a'.repeat(64)))!.id).toBe('rel-1');
+      expect((await s.findRelease('rpi4', '1.0.0'))!.id).toBe('rel-1');
+      expect(await s.yankRelease('rel-1', 'bad')).toBe(true);
+      expect(await s.getRelease('rel-1')).toMatchObject({ yanked: true, yankedReason: 'bad' });
+      await s.setChannel('stable', 'rel-1', 5);
+      await s.setChannel('stable', null, 6);
+      expect(await s.getChannel('stable')).toEqual({ name: 'stable', releaseId: null, updatedAt: 6 });
+      expect((await s.listChannels()).length).toBe(1);
+      await s.close();
+    });
+
+    it('claims members atomically, once, online first, stores desired in the same step', async () => {
+      const s = await make();
+      for (const id of ['dev-1', 'dev-2', 'dev-3', 'dev-4']) await s.registerDevice({ id, secretHash: null, now: 0 });
+      await s.setPresence('dev-2', true, 0);
+      await s.setPresence('dev-3', true, 0);
+      await s.setPresence('dev-4', true, 0);
+      await s.createRollout(rolloutRow('ro-1'), [
+        { deviceId: 'dev-1', position: 0, stage: 0 }, { deviceId: 'dev-2', position: 1, stage: 0 },
+        { deviceId: 'dev-3', position: 2, stage: 1 }, { deviceId: 'dev-4', position: 3, stage: 1 },
+      ]);
+      const first = await s.claimForDispatch('ro-1', 0, 10, 100, true, (m) => ({ v: 1, txid: m.txid!, deploymentId: m.rolloutId, issuedAt: 100, release: null }));
+      expect(first.map((m) => [m.deviceId, m.state, m.attempts, m.txid])).toEqual([['dev-2', 'dispatched', 1, 'ro-1-a1']]);
+      expect((await s.getDevice('dev-2'))!.desired!.txid).toBe('ro-1-a1');
+      expect(await s.claimForDispatch('ro-1', 0, 10, 100, true)).toEqual([]); // dev-1 offline, dev-2 taken
+      const all = await s.claimForDispatch('ro-1', 1, 10, 101, false);
+      expect(all.map((m) => m.deviceId)).toEqual(['dev-3', 'dev-4', 'dev-1']); // online first, then position
+      expect(await s.dispatchedSince('ro-1', 101)).toBe(3);
+      // concurrent claimers never share a member
+      await s.createRollout(rolloutRow('ro-2'), Array.from({ length: 4 }, (_, i) => ({ deviceId: `dev-${i + 1}`, position: i, stage: 0 })));
+      const racers = await Promise.all([1, 2, 3, 4].map(() => s.claimForDispatch('ro-2', 0, 2, 5, false)));
+      const ids = racers.flat().map((m) => m.deviceId);
+      expect(ids.length).toBe(4);
+      expect(new Set(ids).size).toBe(4);
+      await s.close();
+    });
+
+    it('finishes members only from dispatched (idempotent), times out and requeues, stage stats', async () => {
+      const s = await make();
+      for (const id of ['dev-1', 'dev-2', 'dev-3']) await s.registerDevice({ id, secretHash: null, now: 0 });
+      await s.createRollout(rolloutRow('ro-1'), ['dev-1', 'dev-2', 'dev-3'].map((deviceId, i) => ({ deviceId, position: i, stage: i === 2 ? 1 : 0 })));
+      await s.claimForDispatch('ro-1', 1, 3, 1000, false);
+      expect((await s.activeMemberships('dev-1')).map((m) => m.rolloutId)).toEqual(['ro-1']);
+      expect(await s.finishMember('ro-1', 'dev-1', 'succeeded', null, 1001)).toBe(true);
+      expect(await s.finishMember('ro-1', 'dev-1', 'failed', 'late', 1002)).toBe(false);
+      expect(await s.activeMemberships('dev-1')).toEqual([]);
+      expect((await s.timedOut('ro-1', 1001)).map((m) => m.deviceId)).toEqual(['dev-2', 'dev-3']);
+      expect(await s.requeueMember('ro-1', 'dev-2', 'TIMEOUT')).toBe(true);
+      expect(await s.requeueMember('ro-1', 'dev-2', 'TIMEOUT')).toBe(false);
+      const again = await s.claimForDispatch('ro-1', 0, 5, 2000, false);
+      expect(again.map((m) => [m.deviceId, m.attempts, m.txid])).toEqual([['dev-2', 2, 'ro-1-a2']]);
+      expect(await s.finishMember('ro-1', 'dev-3', 'failed', 'HEALTH', 2001)).toBe(true);
+      expect(await s.stageStats('ro-1')).toEqual([
+        { stage: 0, total: 2, pending: 0, dispatched: 1, succeeded: 1, failed: 0, skipped: 0 },
+        { stage: 1, total: 1, pending: 0, dispatched: 0, succeeded: 0, failed: 1, skipped: 0 },
+      ]);
+      await s.createRollout(rolloutRow('ro-3'), [{ deviceId: 'dev-1', position: 0, stage: 0 }]);
+      expect(await s.skipPending('ro-3', 0, 'offline', 5)).toBe(1);
+      expect((await s.listMembers('ro-3'))[0]).toMatchObject({ state: 'skipped', error: 'offline' });
+      await s.close();
+    });
+
+    it('updates rollouts with optimistic concurrency', async () => {
+      const s = await make();
+      await s.createRollout(rolloutRow('ro-1'), []);
+      const a = await s.updateRollout('ro-1', 0, { state: 'paused', reason: 'x' }, 5);
+      expect(a).toMatchObject({ state: 'paused', reason: 'x', rev: 1, updatedAt: 5 });
+      expect(await s.updateRollout('ro-1', 0, { state: 'running' }, 6)).toBeNull();
+      expect((await s.listRollouts(['paused'])).map((r) => r.id)).toEqual(['ro-1']);
+      expect(await s.listRollouts(['running'])).toEqual([]);
+      await s.close();
+    });
+
+    it('keeps tokens and an audit log', async () => {
+      const s = await make();
+      await s.createToken({ id: 't1', name: 'ci', role: 'operator', hash: 'h', now: 1 });
+      expect(await s.tokenByHash('h')).toMatchObject({ id: 't1', role: 'operator' });
+      expect(await s.countTokens()).toBe(1);
+      expect(await s.revokeToken('t1')).toBe(true);
+      expect(await s.tokenByHash('h')).toBeNull();
+      await s.appendAudit({ ts: 1, actor: 'ci', action: 'release.publish', target: 'rel-1', details: { a: 1 } });
+      expect(await s.listAudit(10)).toEqual([{ id: 1, ts: 1, actor: 'ci', action: 'release.publish', target: 'rel-1', details: { a: 1 } }]);
+      await s.close();
+    });
+  });
+}
