@@ -28,7 +28,7 @@ async function client(o: ClientOpts): Promise<{ base: string; token: string }> {
   return { base, token };
 }
 
-async function api<T = Record<string, unknown>>(o: ClientOpts, method: string, path: string, body?: unknown, raw?: { stream: Readable; length: number }): Promise<T> {
+export async function api<T = Record<string, unknown>>(o: ClientOpts, method: string, path: string, body?: unknown, raw?: { stream: Readable; length: number }): Promise<T> {
   const { base, token } = await client(o);
   let res: Response;
   try {
@@ -81,7 +81,7 @@ function int(name: string) {
   };
 }
 
-interface RolloutStatusJson {
+export interface RolloutStatusJson {
   rollout: { id: string; state: string; stageIndex: number; reason: string | null; releaseId: string };
   stages: { stage: number; label: string; cutoff: number; total: number; pending: number; dispatched: number; succeeded: number; failed: number; skipped: number }[];
   totals: { total: number; succeeded: number; failed: number; dispatched: number; pending: number; skipped: number };
