@@ -12,6 +12,8 @@ export const ImageInfoSchema = z
     buildEpoch: z.number().int(),
     bootControl: BootControlScheme,
     app: AppManifestSchema,
+    /** Anti-rollback counter the image was signed with (optional: images built before it carry none → 0). */
+    rollbackCounter: z.number().int().nonnegative().optional(),
   })
   .strict();
 export type ImageInfo = z.infer<typeof ImageInfoSchema>;

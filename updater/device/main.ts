@@ -11,7 +11,8 @@
  * recovery and the good/bad marking; it just does not talk to a broker.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
+import { DEVICE_CONFIG_FILE, deviceConfigConsoleLine, loadDeviceConfig } from '../../firmware/provision/config.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ImageInfoSchema, IMAGE_INFO_PATH } from './image-info.js';
@@ -23,7 +24,7 @@ import type { BootControl, Slot } from '../bootctl/types.js';
 import { loadTrustedRoot } from '../../firmware/trust/io.js';
 import type { RootMetadata } from '../../firmware/trust/root.js';
 import { MqttAgent } from '../agent.js';
-import { loadConfig, type AgentConfig } from '../config.js';
+import { agentConfigFromDevice, loadConfig, type AgentConfig } from '../config.js';
 import { UpdateEngine, type EngineNotice, type HealthVerdict } from '../engine.js';
 import { nodeStorage } from '../io/storage.js';
 import { slotPathsFromBootPartition } from '../install/slots.js';
@@ -35,8 +36,18 @@ const say = (line: string) => process.stdout.write(`${line}\n`);
 
 /** Per-device config on the data partition wins over the one baked into the image. */
 export const CONFIG_PATHS = ['/data/uz/agent.json', '/etc/uz/agent.json'];
-/** The image's trusted root, used when there is no config (offline: recovery and marking only). */
-export const DEFAULT_TRUST_ROOT = '/etc/uz/root.json';
+/** The trust root the builder embeds (firmware/build.ts TRUST_ROOT_PATH), used when the config names none. */
+export const DEFAULT_TRUST_ROOT = '/etc/uz/trust/root.json';
+
+/** The board's device-tree compatible string (first entry), matched against a bundle's hardwareIds. */
+function deviceHardwareId(): string | undefined {
+  try {
+    const first = readFileSync('/proc/device-tree/compatible', 'latin1').split('\0')[0];
+    return first || undefined;
+  } catch {
+    return undefined;
+  }
+}
 const BOOT_MOUNT = '/run/uz/boot';
 
 function readSlot(): Slot | null {
@@ -68,9 +79,26 @@ function bootControlFor(scheme: string, slot: Slot): BootControl {
   return new RpiTrybootControl({ dir: BOOT_MOUNT, withWritable: withWritableBoot, reboot: (tryboot) => run('reboot', tryboot ? ['0 tryboot'] : []).then(() => {}) });
 }
 
+/** Client certificate and key written by enrollment (docs/provisioning.md). */
+const TLS_DIR = '/data/uz/tls';
+
 async function loadAgentConfig(): Promise<AgentConfig | null> {
   for (const p of CONFIG_PATHS) if (existsSync(p)) return loadConfig(p);
-  return null;
+  // A card provisioned with `uz provision`: derive the agent config from uz-device.json in p1.
+  const r = await loadDeviceConfig(`${BOOT_MOUNT}/${DEVICE_CONFIG_FILE}`);
+  if (!r.ok) {
+    if (r.code !== 'DEVICE_CONFIG_MISSING') say(deviceConfigConsoleLine(r));
+    return null;
+  }
+  let ca: string | undefined;
+  if (r.config.server.caCert) {
+    ca = '/run/uz/fleet-ca.crt';
+    await writeFile(ca, r.config.server.caCert, { mode: 0o644 });
+  }
+  const cert = `${TLS_DIR}/device.crt`;
+  const key = `${TLS_DIR}/device.key`;
+  const tls = existsSync(cert) && existsSync(key) ? { cert, key, ...(ca ? { ca } : {}) } : undefined;
+  return agentConfigFromDevice(r.config, { trustRoot: DEFAULT_TRUST_ROOT, ...(tls ? { tls } : {}) });
 }
 
 async function main(): Promise<void> {
@@ -164,6 +192,7 @@ async function main(): Promise<void> {
     }
   };
 
+  const hwid = deviceHardwareId();
   const noSource = (): RangeSource => {
     throw new UzError('AGENT_OFFLINE', 'no agent config: updates cannot be fetched', {});
   };
@@ -173,8 +202,8 @@ async function main(): Promise<void> {
     bootctl,
     slots,
     // Without a trusted root nothing verifies: every release is refused (fail closed).
-    trust: { root, board: info.board, ...(info.hardwareIds[0] ? { hardwareId: info.hardwareIds[0] } : {}) },
-    running: { version: info.version },
+    trust: { root, board: info.board, ...(hwid ? { hardwareId: hwid } : {}) },
+    running: { version: info.version, rollbackCounter: info.rollbackCounter ?? 0 },
     sourceFor: (r) => (agent ? agent.sourceFor(r) : noSource()),
     waitHealthy,
     notify,
