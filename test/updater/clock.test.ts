@@ -68,7 +68,9 @@ describe.each(servers)('SNTP contract: $name', ({ start }) => {
   it('answers with a small offset and round trip', async () => {
     const r = await sntpQuery('127.0.0.1', server.port);
     expect(Math.abs(r.offsetMs)).toBeLessThan(1000);
-    expect(r.roundTripMs).toBeGreaterThanOrEqual(0);
+    // Server and client timestamps come from clocks of different resolution: a loopback round trip may read as a hair below 0.
+    expect(r.roundTripMs).toBeGreaterThan(-5);
+    expect(r.roundTripMs).toBeLessThan(1000);
     expect(r.stratum).toBeGreaterThan(0);
   });
 
