@@ -1,5 +1,7 @@
 /**
- * Rollout benchmark: `npm run bench:rollout -- --devices <n> [--json] [--step-ms 20] [--download none|range]`.
+ * Rollout benchmark: `npm run bench:rollout -- --devices <n> [--json] [--step-ms 20] [--download none|range] [--broker aedes|mosquitto]`.
+ * --broker mosquitto runs the same rollout with the server connected to a real Mosquitto (shipped
+ * server/mosquitto/mosquitto-dev.conf; apt-get install mosquitto) and the devices connected to Mosquitto.
  * Starts `uz server` as a child process, connects n simulated devices (server/sim.ts) over MQTT, publishes a
  * signed release and runs a 1% → 10% → 50% → 100% rollout to completion. Prints one JSON line:
  *   {"devices":n,"completed":c,"seconds":s,"serverPeakRssMiB":m}
@@ -10,6 +12,9 @@ import { writeBundle } from '../firmware/bundle/index.js';
 import { createRootSigned, generateSigningKey, signRoot } from '../firmware/trust/index.js';
 import { FleetSim, type DownloadMode } from '../server/sim.js';
 import { arg, sleep, startServerProcess, tmp, writeRoot } from '../server/child-process.js';
+import { startMosquitto } from '../server/mosquitto-process.js';
+import { SERVER_IDENTITY } from '../server/pki.js';
+import { simPassword } from '../server/sim.js';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +24,8 @@ const json = process.argv.includes('--json');
 const stepMs = Number(arg('step-ms', '20'));
 const download = (arg('download', 'none') as DownloadMode);
 const log = (s: string) => !json && process.stderr.write(s + '\n');
+const brokerKind = arg('broker', 'aedes')!;
+if (brokerKind !== 'aedes' && brokerKind !== 'mosquitto') throw new Error('--broker must be aedes or mosquitto');
 
 const data = tmp('uz-bench-rollout-');
 const rootKey = generateSigningKey();
@@ -29,14 +36,22 @@ const work = tmp('uz-bench-bundle-');
 writeFileSync(join(work, 'payload'), randomBytes(1024 * 1024));
 await writeBundle({ payload: join(work, 'payload'), out: join(work, 'b.uzb'), manifest: { board: { id: 'rpi4' }, version: '2.0.0', rollbackCounter: 2, workload: { name: 'app', version: '1.0.0' } }, keys: [release] });
 
-const srv = await startServerProcess(data, { UZ_SERVER_MQTT_DEVICE_MSG_PER_SEC: '100', UZ_SERVER_HTTP_RATE_LIMIT_PER_MINUTE: '100000' });
+const width = Math.max(4, String(devices - 1).length);
+const serverPassword = simPassword('bench', 'uz.server');
+const mosq = brokerKind === 'mosquitto'
+  ? await startMosquitto({ variant: 'dev', serverPassword, devices: new Map(Array.from({ length: devices }, (_, i) => `bench-${String(i).padStart(width, '0')}`).map((id) => [id, simPassword('bench', id)])) })
+  : null;
+const srv = await startServerProcess(data, {
+  UZ_SERVER_MQTT_DEVICE_MSG_PER_SEC: '100', UZ_SERVER_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
+  ...(mosq ? { UZ_SERVER_MQTT_URL: `mqtt://127.0.0.1:${mosq.serverPort}`, UZ_SERVER_MQTT_USERNAME: SERVER_IDENTITY, UZ_SERVER_MQTT_PASSWORD: serverPassword } : {}),
+});
 const call = async (method: string, path: string, body?: unknown, raw?: Buffer) => {
   const r = await fetch(srv.api + path, { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': raw ? 'application/octet-stream' : 'application/json' }, body: raw ? new Uint8Array(raw) : body === undefined ? undefined : JSON.stringify(body) });
   const j = (await r.json()) as Record<string, any>;
   if (!r.ok) throw new Error(`${method} ${path}: ${JSON.stringify(j)}`);
   return j;
 };
-const sim = new FleetSim({ url: srv.mqtt, devices, stepMs, download, prefix: 'bench', seed: 'bench', connectBatch: 100 });
+const sim = new FleetSim({ url: mosq ? `mqtt://127.0.0.1:${mosq.devicePort}` : srv.mqtt, devices, stepMs, download, prefix: 'bench', seed: 'bench', connectBatch: 100 });
 let exitCode = 0;
 try {
   const tc = Date.now();
@@ -60,12 +75,22 @@ try {
     await sleep(100);
   }
   const seconds = Math.round((Date.now() - t0) / 10) / 100;
-  const out = { devices, completed: st.totals.succeeded as number, seconds, serverPeakRssMiB: srv.peakRssMiB() };
+  const out = { devices, completed: st.totals.succeeded as number, seconds, serverPeakRssMiB: srv.peakRssMiB(), broker: brokerKind, ...(mosq ? { mosquittoPeakRssMiB: peakRss(mosq.pid) } : {}) };
   if (st.rollout.state !== 'completed') exitCode = 1;
   process.stdout.write(JSON.stringify(out) + '\n');
   log(`rollout ${id} ${st.rollout.state}`);
 } finally {
   await sim.stop();
   await srv.stop();
+  await mosq?.stop();
+}
+
+function peakRss(pid: number | undefined): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round((Number(m[1]) / 1024) * 10) / 10 : NaN;
+  } catch {
+    return NaN;
+  }
 }
 process.exit(exitCode);

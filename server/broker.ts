@@ -13,18 +13,33 @@
 import { createServer, type Server } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { Aedes } from 'aedes';
+import { TLSSocket, createServer as createTlsServer, type Server as TlsServer, type TlsOptions } from 'node:tls';
+import { Aedes, type Client } from 'aedes';
+import { deviceIdFromCertificate, normalizeSerial } from '../firmware/ca/index.js';
 import { MAX_MESSAGE_BYTES, parseTopic, TOPIC_ROOT } from '../lib/protocol.js';
 import { UzError } from '../lib/errors.js';
+
+/** 'device': a full device session; 'enroll': a device without a certificate yet, allowed only to enroll. */
+export type SessionKind = 'device' | 'enroll';
 
 export interface BrokerPort {
   publish(topic: string, payload: Buffer, opts: { qos: 0 | 1; retain: boolean }): Promise<void>;
   /** Accepted device publishes (after ACL + rate checks). */
-  onMessage(cb: (deviceId: string, topic: string, payload: Buffer) => void): void;
+  onMessage(cb: (deviceId: string, topic: string, payload: Buffer, session: SessionKind) => void): void;
   onPresence(cb: (deviceId: string, online: boolean) => void): void;
   connectedCount(): number;
   /** True while a connection with this client id is established. */
   isConnected(deviceId: string): boolean;
+}
+
+/** What createServer holds: the embedded broker or an external one (server/broker-external.ts). */
+export interface ServerBroker extends BrokerPort {
+  readonly kind: 'embedded' | 'external';
+  /** MQTT over WebSocket (embedded only). */
+  handleStream?(stream: Duplex, req: IncomingMessage): void;
+  /** Drops a device's connection now (revocation); a no-op where the broker cannot be told. */
+  kick(deviceId: string): void;
+  close(): Promise<void>;
 }
 
 const DEVICE_PUB = new Set(['status', 'presence', 'events', 'request']);
@@ -60,18 +75,50 @@ export class RateLimiter {
   }
 }
 
+/** Enrollment sessions may only send requests and read their responses. */
+export function aclEnrollPublish(clientId: string, topic: string): boolean {
+  const t = parseTopic(topic);
+  return !!t && t.deviceId === clientId && t.kind === 'request';
+}
+export function aclEnrollSubscribe(clientId: string, filter: string): boolean {
+  return filter === `${TOPIC_ROOT}/dev/${clientId}/res`;
+}
+
 export interface EmbeddedBrokerOptions {
   authenticate(deviceId: string, password: string | undefined): Promise<boolean>;
+  /** TLS listener: a verified fleet certificate naming `deviceId` with this serial (lower-case hex) connects. */
+  authenticateCert?(deviceId: string, serial: string): Promise<boolean>;
+  /** TLS listener without a client certificate: may this device enroll with this token (the MQTT password)? */
+  authenticateEnroll?(deviceId: string, token: string): Promise<boolean>;
   ratePerSec: number;
   burst: number;
   log: { info(o: object, m?: string): void; warn(o: object, m?: string): void };
   onRejected?(reason: 'auth' | 'acl-publish' | 'acl-subscribe' | 'rate' | 'too-large'): void;
 }
 
-export class EmbeddedBroker implements BrokerPort {
-  private msgCbs: ((deviceId: string, topic: string, payload: Buffer) => void)[] = [];
+export interface BrokerTlsOptions {
+  keyPem: string;
+  certPem: string;
+  /** The fleet CA: client certificates must chain to it. */
+  caPem: string;
+  /** The CA's CRL: listed certificates are refused. */
+  crlPem?: string;
+  /**
+   * Accept connections without a client certificate for enrollment only (password = enrollment token).
+   * Without it the TLS handshake itself requires a valid, unrevoked client certificate.
+   */
+  enrollment: boolean;
+}
+
+export class EmbeddedBroker implements ServerBroker {
+  readonly kind = 'embedded' as const;
+  private msgCbs: ((deviceId: string, topic: string, payload: Buffer, session: SessionKind) => void)[] = [];
   private presenceCbs: ((deviceId: string, online: boolean) => void)[] = [];
   private tcp: Server | null = null;
+  private tlsServer: TlsServer | null = null;
+  private tlsOpts: TlsOptions | null = null;
+  /** Clients that connected without a certificate to enroll. */
+  private readonly enrolling = new WeakSet<Client>();
   private readonly limiter: RateLimiter;
   private readonly current = new Map<string, object>();
 
@@ -90,6 +137,8 @@ export class EmbeddedBroker implements BrokerPort {
         e.returnCode = 4;
         done(e, false);
       };
+      const conn = client.conn as unknown;
+      if (conn instanceof TLSSocket) return b.authenticateTls(client, conn, username, password, done);
       if (!username || username !== id || !parseTopic(`${TOPIC_ROOT}/dev/${id}/status`)) return fail();
       o.authenticate(id, password?.toString('utf8')).then(
         (ok) => (ok ? done(null, true) : fail()),
@@ -101,7 +150,7 @@ export class EmbeddedBroker implements BrokerPort {
     };
     aedes.authorizePublish = (client, packet, cb) => {
       if (!client) return cb(new Error('no client'));
-      if (!aclPublish(client.id, packet.topic)) {
+      if (!(b.enrolling.has(client) ? aclEnrollPublish(client.id, packet.topic) : aclPublish(client.id, packet.topic))) {
         o.onRejected?.('acl-publish');
         o.log.warn({ device: client.id, topic: packet.topic }, 'publish refused by ACL; disconnecting');
         return cb(new Error('topic not allowed'));
@@ -119,7 +168,7 @@ export class EmbeddedBroker implements BrokerPort {
       cb(null);
     };
     aedes.authorizeSubscribe = (client, sub, cb) => {
-      if (aclSubscribe(client.id, sub.topic)) return cb(null, sub);
+      if (b.enrolling.has(client) ? aclEnrollSubscribe(client.id, sub.topic) : aclSubscribe(client.id, sub.topic)) return cb(null, sub);
       o.onRejected?.('acl-subscribe');
       o.log.warn({ device: client.id, topic: sub.topic }, 'subscription refused by ACL');
       cb(null, null);
@@ -127,12 +176,14 @@ export class EmbeddedBroker implements BrokerPort {
     aedes.on('publish', (packet, client) => {
       if (!client) return;
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload as string);
-      for (const cb of b.msgCbs) cb(client.id, packet.topic, payload);
+      const session: SessionKind = b.enrolling.has(client) ? 'enroll' : 'device';
+      for (const cb of b.msgCbs) cb(client.id, packet.topic, payload, session);
     });
     // A reconnect with the same client id takes over the session; the old connection's disconnect may arrive
     // after the new one is ready, so only the current connection of an id reports presence.
     const current = b.current;
     aedes.on('clientReady', (client) => {
+      if (b.enrolling.has(client)) return; // not a device session yet: no presence
       current.set(client.id, client);
       for (const cb of b.presenceCbs) cb(client.id, true);
     });
@@ -143,6 +194,72 @@ export class EmbeddedBroker implements BrokerPort {
       for (const cb of b.presenceCbs) cb(client.id, false);
     });
     return b;
+  }
+
+  /**
+   * TLS connections: a client certificate that verified against the fleet CA (and is not in the CRL) names the
+   * device (CN + urn:uz:device SAN, which must equal the client id); no password is needed. A certificate that
+   * did not verify is refused. Without a certificate, only an enrollment session (password = token) is allowed.
+   */
+  private authenticateTls(client: Client, conn: TLSSocket, username: string | undefined, password: Buffer | undefined, done: Parameters<Aedes['authenticate']>[3]): void {
+    const id = client.id;
+    const refuse = (why: string, code = 5): void => {
+      this.o.onRejected?.('auth');
+      this.o.log.warn({ device: id, reason: why }, 'TLS client refused');
+      const e = Object.assign(new Error(why), { returnCode: code }) as Parameters<typeof done>[0];
+      done(e, false);
+    };
+    const peer = conn.getPeerX509Certificate();
+    if (peer) {
+      if (!conn.authorized) return refuse(`client certificate not accepted: ${String(conn.authorizationError)}`);
+      const certId = deviceIdFromCertificate(peer);
+      if (!certId || certId !== id) return refuse(`client id ${id} does not match the certificate (${certId ?? 'no device id'})`);
+      if (username && username !== id) return refuse('username does not match the certificate');
+      const serial = normalizeSerial(peer.serialNumber.toLowerCase());
+      const check = this.o.authenticateCert ?? (async () => true);
+      check(id, serial).then(
+        (ok) => (ok ? done(null, true) : refuse(`certificate ${serial} of ${id} is not (or no longer) valid for this server`)),
+        (err: unknown) => refuse(`certificate check failed: ${(err as Error).message}`),
+      );
+      return;
+    }
+    if (!this.o.authenticateEnroll || !username || username !== id || !password) return refuse('a client certificate is required', 4);
+    this.o.authenticateEnroll(id, password.toString('utf8')).then(
+      (ok) => {
+        if (!ok) return refuse('a client certificate is required (or a valid enrollment token)', 4);
+        this.enrolling.add(client);
+        done(null, true);
+      },
+      (err: unknown) => refuse(`enrollment check failed: ${(err as Error).message}`),
+    );
+  }
+
+  /** Listens with TLS requiring fleet client certificates (see BrokerTlsOptions). Returns the bound port. */
+  async listenTls(host: string, port: number, t: BrokerTlsOptions): Promise<number> {
+    this.tlsOpts = { key: t.keyPem, cert: t.certPem, ca: [t.caPem], ...(t.crlPem ? { crl: [t.crlPem] } : {}), requestCert: true, rejectUnauthorized: !t.enrollment, minVersion: 'TLSv1.2' };
+    const srv = createTlsServer(this.tlsOpts, this.aedes.handle);
+    srv.on('tlsClientError', (e) => this.o.log.warn({ err: e.message }, 'TLS handshake failed'));
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', (e: NodeJS.ErrnoException) =>
+        reject(e.code === 'EADDRINUSE' ? new UzError('PORT_IN_USE', `MQTT TLS port ${host}:${port} is already in use (choose another with --mqtt-tls-port)`, { port }) : e),
+      );
+      srv.listen(port, host, () => resolve());
+    });
+    this.tlsServer = srv;
+    const a = srv.address();
+    return typeof a === 'object' && a ? a.port : port;
+  }
+
+  /** Replaces the CRL of the TLS listener (new handshakes use it at once). */
+  setCrl(crlPem: string): void {
+    if (!this.tlsServer || !this.tlsOpts) return;
+    this.tlsOpts = { ...this.tlsOpts, crl: [crlPem] };
+    this.tlsServer.setSecureContext(this.tlsOpts);
+  }
+
+  kick(deviceId: string): void {
+    const c = (this.aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId];
+    c?.close();
   }
 
   /** Listens on TCP; PORT_IN_USE if the port is taken. Returns the bound port. */
@@ -170,7 +287,7 @@ export class EmbeddedBroker implements BrokerPort {
     });
   }
 
-  onMessage(cb: (deviceId: string, topic: string, payload: Buffer) => void): void {
+  onMessage(cb: (deviceId: string, topic: string, payload: Buffer, session: SessionKind) => void): void {
     this.msgCbs.push(cb);
   }
   onPresence(cb: (deviceId: string, online: boolean) => void): void {
@@ -185,10 +302,10 @@ export class EmbeddedBroker implements BrokerPort {
 
   async close(): Promise<void> {
     await new Promise<void>((r) => this.aedes.close(() => r()));
-    if (this.tcp) {
-      const t = this.tcp;
-      this.tcp = null;
-      await new Promise<void>((r) => t.close(() => r()));
+    for (const k of ['tcp', 'tlsServer'] as const) {
+      const t = this[k];
+      this[k] = null;
+      if (t) await new Promise<void>((r) => t.close(() => r()));
     }
   }
 }

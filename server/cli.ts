@@ -105,13 +105,21 @@ export function registerServerCommands(program: Command): void {
     .option('--host <addr>', 'bind address for HTTP and MQTT (default 127.0.0.1)')
     .option('--public-url <url>', 'base URL devices use for downloads')
     .option('--trust-root <path>', 'fleet root.json (default <data>/root.json)')
+    .option('--database-url <url>', 'PostgreSQL instead of the embedded SQLite (postgres://user:pass@host:5432/db); instances may share it')
+    .option('--mqtt-url <url>', 'external broker (Mosquitto/EMQX: mqtt:// or mqtts://) instead of the embedded one')
+    .option('--ca <dir>', 'fleet CA directory (uz ca init): certificate enrollment, revocation, --mqtt-tls-port')
+    .option('--mqtt-tls-port <port>', 'embedded broker: also listen with TLS requiring fleet client certificates', int('mqtt-tls-port'))
     .option('--config <file>', 'JSON config file (same keys as UZ_SERVER_* variables)')
     .option('--json-logs', 'JSON log lines (pino) instead of human-readable ones')
-    .action(async (o: { data: string; httpPort?: number; mqttPort?: number; host?: string; publicUrl?: string; trustRoot?: string; config?: string; jsonLogs?: boolean }) => {
+    .action(async (o: { data: string; httpPort?: number; mqttPort?: number; host?: string; publicUrl?: string; trustRoot?: string; config?: string; jsonLogs?: boolean; databaseUrl?: string; mqttUrl?: string; ca?: string; mqttTlsPort?: number }) => {
       const flags: Record<string, unknown> = { dataDir: o.data };
       if (o.httpPort !== undefined || o.host || o.publicUrl) flags.http = { ...(o.httpPort !== undefined ? { port: o.httpPort } : {}), ...(o.host ? { host: o.host } : {}), ...(o.publicUrl ? { publicUrl: o.publicUrl } : {}) };
-      if (o.mqttPort !== undefined || o.host) flags.mqtt = { ...(o.mqttPort !== undefined ? { port: o.mqttPort } : {}), ...(o.host ? { host: o.host } : {}) };
+      if (o.mqttPort !== undefined || o.host || o.mqttUrl || o.mqttTlsPort !== undefined) {
+        flags.mqtt = { ...(o.mqttPort !== undefined ? { port: o.mqttPort } : {}), ...(o.host ? { host: o.host } : {}), ...(o.mqttUrl ? { url: o.mqttUrl } : {}), ...(o.mqttTlsPort !== undefined ? { tlsPort: o.mqttTlsPort } : {}) };
+      }
       if (o.trustRoot) flags.trustRoot = o.trustRoot;
+      if (o.databaseUrl) flags.databaseUrl = o.databaseUrl;
+      if (o.ca) flags.caDir = o.ca;
       if (o.jsonLogs) flags.jsonLogs = true;
       const config = loadConfig({ file: o.config ? readConfigFile(o.config) : undefined, env: process.env, flags });
       const srv = await createServer(config);
@@ -126,7 +134,9 @@ export function registerServerCommands(program: Command): void {
         'uz server ready',
         `  api:       ${urls.http}/api/v1   (OpenAPI: ${urls.http}/api/v1/openapi.json)`,
         `  dashboard: ${urls.dashboard}`,
-        `  mqtt:      ${urls.mqtt}`,
+        `  mqtt:      ${urls.mqtt}${srv.ctx.broker?.kind === 'external' ? '   (external broker)' : ''}`,
+        ...(urls.mqtts ? [`  mqtts:     ${urls.mqtts}   (fleet client certificates; enrollment without one)`] : []),
+        `  storage:   ${srv.ctx.storage.kind}`,
         ...(urls.ws ? [`  mqtt-ws:   ${urls.ws}`] : []),
         `  metrics:   ${urls.http}/metrics`,
         ...(srv.bootstrapToken ? [`  admin token (shown once; also in ${config.dataDir}/admin.token): ${srv.bootstrapToken}`] : []),
@@ -242,7 +252,8 @@ export function registerServerCommands(program: Command): void {
       });
   }
 
-  withClient(program.command('devices').description('list the fleet: presence, version, slot, health'))
+  const devices = withClient(program.command('devices').description('list the fleet: presence, version, slot, health; enrollment: token, pending, approve, reject, revoke'));
+  devices
     .option('--channel <name>', 'only this channel')
     .option('--tag <tag>', 'only this tag')
     .option('--json', 'print JSON')
@@ -255,9 +266,63 @@ export function registerServerCommands(program: Command): void {
       });
     });
 
-  program
-    .command('fleet')
-    .description('fleet tools')
+  const token = devices.command('token').description('one-time enrollment tokens (certificate enrollment; the server needs --ca)');
+  withClient(token.command('create').description('create a one-time enrollment token (printed once; only its hash is stored)'))
+    .option('--device <id>', 'only this device id may use it (default: the first device that uses it)')
+    .option('--ttl <sec>', 'lifetime in seconds (default: the server\'s enrollTokenTtlSec, 24 h)', int('ttl'))
+    .option('--pre-approved', 'the device is approved as soon as it enrolls (no operator step)')
+    .option('--json', 'print JSON')
+    .action(async (o: ClientOpts & { device?: string; ttl?: number; preApproved?: boolean; json?: boolean }) => {
+      const r = await api<{ id: string; token: string; deviceId: string | null; preApproved: boolean; expiresAt: number }>(o, 'POST', '/api/v1/enrollment-tokens', {
+        ...(o.device ? { deviceId: o.device } : {}), ...(o.ttl !== undefined ? { ttlSec: o.ttl } : {}), ...(o.preApproved ? { preApproved: true } : {}),
+      });
+      out(!!o.json, r, () => `${r.token}\n  (token ${r.id}${r.deviceId ? ` for ${r.deviceId}` : ''}${r.preApproved ? ', pre-approved' : ''}, expires ${new Date(r.expiresAt).toISOString().slice(0, 19)}Z; shown once)`);
+    });
+  withClient(token.command('list').description('enrollment tokens (never the tokens themselves)'))
+    .option('--json', 'print JSON')
+    .action(async (o: ClientOpts & { json?: boolean }) => {
+      const r = await api<{ tokens: { id: string; deviceId: string | null; preApproved: boolean; expiresAt: number; usedAt: number | null; createdBy: string }[] }>(o, 'GET', '/api/v1/enrollment-tokens');
+      out(!!o.json, r, () => table([['id', 'device', 'pre-approved', 'expires', 'used', 'by'], ...r.tokens.map((x) => [x.id, x.deviceId ?? '-', x.preApproved ? 'yes' : 'no', new Date(x.expiresAt).toISOString().slice(0, 19), x.usedAt ? new Date(x.usedAt).toISOString().slice(0, 19) : '-', x.createdBy])]));
+    });
+  withClient(devices.command('pending').description('devices waiting for enrollment approval'))
+    .option('--json', 'print JSON')
+    .action(async (o: ClientOpts & { json?: boolean }) => {
+      const r = await api<{ devices: { id: string; createdAt: number }[] }>(o, 'GET', '/api/v1/devices?enrollment=pending');
+      out(!!o.json, r, () => (r.devices.length ? table([['id', 'asked'], ...r.devices.map((d) => [d.id, new Date(d.createdAt).toISOString().slice(0, 19)])]) : 'no pending devices'));
+    });
+  for (const action of ['approve', 'reject', 'revoke'] as const) {
+    const cmd = withClient(devices.command(`${action} <id>`).description(
+      action === 'approve' ? 'approve a pending device (or pre-approve an id that has not enrolled yet)' : action === 'reject' ? 'reject a pending device' : 'revoke a device: its certificate goes on the CRL and the broker refuses it',
+    )).option('--json', 'print JSON');
+    if (action === 'revoke') cmd.option('--reason <r>', 'keyCompromise | privilegeWithdrawn | cessationOfOperation', 'privilegeWithdrawn');
+    cmd.action(async (id: string, o: ClientOpts & { json?: boolean; reason?: string }) => {
+      const r = await api<{ device: { id: string; enrollment: string }; serial?: string | null; crlNumber?: number | null }>(o, 'POST', `/api/v1/devices/${encodeURIComponent(id)}/${action}`, action === 'revoke' ? { reason: o.reason } : {});
+      out(!!o.json, r, () => `${r.device.id}: ${r.device.enrollment}${r.serial ? ` (certificate ${r.serial} revoked, CRL #${r.crlNumber})` : ''}`);
+    });
+  }
+
+  const fleet = program.command('fleet').description('fleet tools');
+  fleet
+    .command('broker-identity')
+    .description('issue the update server\'s MQTT client certificate (CN uz.server, full access in server/mosquitto/acl) from the fleet CA')
+    .requiredOption('--ca <dir>', 'fleet CA directory (uz ca init)')
+    .requiredOption('--out <dir>', 'writes uz-server.crt, uz-server.key (0600) and ca.crt; refuses to overwrite')
+    .option('--name <cn>', 'identity (must not be a valid device id)', 'uz.server')
+    .action(async (o: { ca: string; out: string; name: string }) => {
+      const { loadCaDir, writeNewFile } = await import('../firmware/ca/index.js');
+      const { issueServerClientCertificate } = await import('./pki.js');
+      const { mkdir } = await import('node:fs/promises');
+      const { join } = await import('node:path');
+      const ca = await loadCaDir(o.ca);
+      const id = await issueServerClientCertificate(ca, { name: o.name });
+      await mkdir(o.out, { recursive: true, mode: 0o700 });
+      await writeNewFile(join(o.out, 'uz-server.key'), id.keyPem, 0o600);
+      await writeNewFile(join(o.out, 'uz-server.crt'), id.certPem, 0o644);
+      await writeNewFile(join(o.out, 'ca.crt'), ca.certPem, 0o644);
+      process.stdout.write(`wrote ${join(o.out, 'uz-server.crt')} (CN ${o.name}, serial ${id.serial}), uz-server.key (0600), ca.crt\n` +
+        `use: uz server … --mqtt-url mqtts://<broker>:8884 with UZ_SERVER_MQTT_CA_FILE, UZ_SERVER_MQTT_CERT_FILE, UZ_SERVER_MQTT_KEY_FILE\n`);
+    });
+  fleet
     .command('sim')
     .description('simulate devices speaking the device protocol (lib/protocol.ts) against a server')
     .requiredOption('--devices <n>', 'number of devices', int('devices'))

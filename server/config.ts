@@ -13,6 +13,24 @@ import { formatZodError } from '../lib/validate.js';
 export const CONFIG_VERSION = 1;
 const port = z.number().int().min(0).max(65535);
 
+function isPostgresUrl(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return (u.protocol === 'postgres:' || u.protocol === 'postgresql:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
+function isMqttUrl(s: string): boolean {
+  try {
+    const u = new URL(s);
+    return (u.protocol === 'mqtt:' || u.protocol === 'mqtts:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
 export const ServerConfigSchema = z.strictObject({
   configVersion: z.literal(CONFIG_VERSION).default(CONFIG_VERSION),
   /** Directory for the database, artifacts, the URL-signing secret and the first admin token. */
@@ -38,8 +56,40 @@ export const ServerConfigSchema = z.strictObject({
       deviceMsgBurst: z.number().int().positive().default(100),
       /** Dev mode: an unknown device id that connects is registered with the password it presented (TOFU). */
       autoRegister: z.boolean().default(true),
+      /**
+       * External broker (Mosquitto, EMQX): mqtt:// or mqtts:// URL. The server then connects to it as a
+       * privileged client instead of embedding Aedes (host/port/wsPath/tls* are not used).
+       */
+      url: z.string().refine(isMqttUrl, 'an mqtt:// or mqtts:// URL').optional(),
+      /** Client id towards the external broker (default uz-server-<host>-<pid>; must differ per instance). */
+      clientId: z.string().min(1).max(64).optional(),
+      username: z.string().min(1).max(256).optional(),
+      password: z.string().min(1).max(1024).optional(),
+      /** PEM files for mqtts:// (CA to trust; client certificate + key for brokers that require one). */
+      caFile: z.string().optional(),
+      certFile: z.string().optional(),
+      keyFile: z.string().optional(),
+      /** Shared-subscription group: each device message goes to ONE instance of the group ('' = every instance). */
+      sharedGroup: z.string().regex(/^[A-Za-z0-9_-]*$/).max(64).default('uz-server'),
+      /**
+       * Embedded broker: also listen with TLS on this port, requiring client certificates from the fleet CA
+       * (caDir); the device id is the certificate CN. Devices without a certificate may connect only to enroll.
+       */
+      tlsPort: port.optional(),
+      /** Broker certificate + key for tlsPort (default: issued from the fleet CA into <dataDir>/broker-tls/). */
+      tlsCertFile: z.string().optional(),
+      tlsKeyFile: z.string().optional(),
     })
-    .default({ host: '127.0.0.1', port: 1883, wsPath: '/mqtt', deviceMsgPerSec: 20, deviceMsgBurst: 100, autoRegister: true }),
+    .default({ host: '127.0.0.1', port: 1883, wsPath: '/mqtt', deviceMsgPerSec: 20, deviceMsgBurst: 100, autoRegister: true, sharedGroup: 'uz-server' }),
+  /**
+   * PostgreSQL (postgres://user:password@host:5432/db) instead of the embedded SQLite database; several server
+   * instances may share it (dispatch is coordinated with row locks). Migrations run at start.
+   */
+  databaseUrl: z.string().refine(isPostgresUrl, 'a postgres:// or postgresql:// URL with a host').optional(),
+  /** Fleet CA directory (uz ca init): enables certificate enrollment, device revocation (CRL) and mqtt.tlsPort. */
+  caDir: z.string().optional(),
+  /** Default lifetime of enrollment tokens. */
+  enrollTokenTtlSec: z.number().int().positive().max(365 * 86_400).default(86_400),
   /** root.json of the fleet (default {dataDir}/root.json); uploads are verified against it. */
   trustRoot: z.string().optional(),
   maxBundleBytes: z.number().int().positive().default(8 * 1024 ** 3),
@@ -150,6 +200,11 @@ export function loadConfig(o: LoadConfigOptions = {}): Readonly<ServerConfig> {
   const c = r.data;
   c.dataDir = resolve(c.dataDir);
   if (c.trustRoot !== undefined && !isAbsolute(c.trustRoot)) c.trustRoot = resolve(c.trustRoot);
+  if (c.caDir !== undefined) c.caDir = resolve(c.caDir);
+  for (const k of ['caFile', 'certFile', 'keyFile', 'tlsCertFile', 'tlsKeyFile'] as const) if (c.mqtt[k] !== undefined) c.mqtt[k] = resolve(c.mqtt[k]);
+  if (c.mqtt.url && c.mqtt.tlsPort !== undefined) throw new UzError('CONFIG_INVALID', 'server config: mqtt.tlsPort is for the embedded broker; with mqtt.url the external broker terminates TLS', {});
+  if (c.mqtt.tlsPort !== undefined && !c.caDir) throw new UzError('CONFIG_INVALID', 'server config: mqtt.tlsPort needs caDir (the fleet CA whose client certificates it accepts)', {});
+  if ((c.mqtt.tlsCertFile === undefined) !== (c.mqtt.tlsKeyFile === undefined)) throw new UzError('CONFIG_INVALID', 'server config: give both mqtt.tlsCertFile and mqtt.tlsKeyFile, or neither', {});
   return deepFreeze(c);
 }
 
@@ -171,4 +226,20 @@ export function readConfigFile(path: string): Record<string, unknown> {
 
 export function trustRootPath(c: ServerConfig): string {
   return c.trustRoot ?? join(c.dataDir, 'root.json');
+}
+
+/** The config with secrets masked (database password, MQTT password), for GET /api/v1/config and logs. */
+export function redactConfig(c: Readonly<ServerConfig>): ServerConfig {
+  const out = structuredClone(c) as ServerConfig;
+  if (out.mqtt.password !== undefined) out.mqtt.password = '***';
+  if (out.databaseUrl !== undefined) {
+    try {
+      const u = new URL(out.databaseUrl);
+      if (u.password) u.password = '***';
+      out.databaseUrl = u.toString();
+    } catch {
+      out.databaseUrl = '***';
+    }
+  }
+  return out;
 }

@@ -4,9 +4,10 @@ import type {} from '@fastify/swagger'; // adds tags/summary to route schemas
 import type { ZodType, z } from 'zod';
 import type { ArtifactStore } from './artifacts.js';
 import type { DeviceAuth, UrlSigner } from './auth.js';
-import type { EmbeddedBroker } from './broker.js';
+import type { ServerBroker } from './broker.js';
 import type { ServerConfig } from './config.js';
 import type { DeviceService } from './devices.js';
+import type { EnrollmentService } from './enrollment.js';
 import { httpError } from './errors.js';
 import type { Metrics } from './metrics.js';
 import type { RolloutService } from './rollouts.js';
@@ -28,7 +29,8 @@ export interface ServerContext {
   deviceAuth: DeviceAuth;
   devices: DeviceService;
   rollouts: RolloutService;
-  broker: EmbeddedBroker | null;
+  broker: ServerBroker | null;
+  enrollment: EnrollmentService;
   trustRootPath: string;
   now(): number;
   publicUrl(): string;

@@ -8,7 +8,8 @@ import type { Desired, DeviceRequest, DeviceResponse, ReleaseRef } from '../lib/
 import { MAX_BLOCK_BYTES, decode, encode, parseTopic, topics } from '../lib/protocol.js';
 import type { ArtifactStore } from './artifacts.js';
 import type { UrlSigner } from './auth.js';
-import type { BrokerPort } from './broker.js';
+import type { BrokerPort, SessionKind } from './broker.js';
+import type { EnrollmentService } from './enrollment.js';
 import type { Metrics } from './metrics.js';
 import type { RolloutService } from './rollouts.js';
 import type { ReleaseRow, Storage } from './storage/types.js';
@@ -20,6 +21,7 @@ export interface DeviceServiceDeps {
   signer: UrlSigner;
   metrics: Metrics;
   rollouts: () => RolloutService;
+  enrollment: () => EnrollmentService | null;
   publicUrl: () => string;
   urlTtlSec: number;
   now(): number;
@@ -99,10 +101,11 @@ export class DeviceService {
   }
 
   /** Entry point for every accepted device publish. Never throws. */
-  async onMessage(clientId: string, topic: string, payload: Buffer): Promise<void> {
+  async onMessage(clientId: string, topic: string, payload: Buffer, session: SessionKind = 'device'): Promise<void> {
     try {
       const t = parseTopic(topic);
       if (!t || t.deviceId !== clientId) return this.reject(clientId, topic, 'BAD_TOPIC', 'not a topic of this device');
+      if (session === 'enroll') return await this.onEnrollSession(clientId, topic, t.kind, payload);
       const now = this.d.now();
       switch (t.kind) {
         case 'status': {
@@ -166,9 +169,25 @@ export class DeviceService {
     );
   }
 
+  /** A connection without a certificate (embedded broker TLS listener) may only send enroll requests. */
+  private async onEnrollSession(deviceId: string, topic: string, kind: string, payload: Buffer): Promise<void> {
+    const r = kind === 'request' ? decode('request', payload) : null;
+    if (!r || !r.ok || r.value.type !== 'enroll') {
+      this.reject(deviceId, topic, 'ENROLL_ONLY', 'a device without a certificate may only send enroll requests');
+      const txid = safeTxid(payload);
+      if (txid) this.respond(deviceId, { v: 1, txid, status: 'error', error: { code: 'ENROLL_ONLY', message: 'enroll first: this connection has no device certificate' } });
+      return;
+    }
+    this.d.metrics.messages.inc({ kind: 'request' });
+    await this.onRequest(deviceId, r.value);
+  }
+
   private async onRequest(deviceId: string, req: DeviceRequest): Promise<void> {
     if (req.type === 'enroll') {
-      this.respond(deviceId, { v: 1, txid: req.txid, status: 'error', error: { code: 'NOT_SUPPORTED', message: 'certificate enrollment is not enabled on this server (dev mode uses device credentials)' } });
+      const e = this.d.enrollment();
+      const r = e ? await e.enroll(deviceId, req.token, req.csrPem) : { ok: false as const, code: 'NOT_SUPPORTED', message: 'certificate enrollment is not enabled on this server (dev mode uses device credentials)' };
+      if (r.ok) this.respond(deviceId, { v: 1, txid: req.txid, status: 'ok', data: { type: 'enroll', certPem: r.certPem, caPem: r.caPem } });
+      else this.respond(deviceId, { v: 1, txid: req.txid, status: 'error', error: { code: r.code, message: r.message } });
       return;
     }
     const rel = await this.d.storage.getReleaseBySha(req.artifact);

@@ -21,6 +21,8 @@ export const SERVER_ERRORS = {
   ROLLOUT_EMPTY: { status: 422, doc: 'the rollout target matches no device' },
   RANGE_NOT_SATISFIABLE: { status: 416, doc: 'the Range header does not fit the artifact' },
   DEVICE_EXISTS: { status: 409, doc: 'a device with that id is already registered' },
+  ENROLLMENT_DISABLED: { status: 409, doc: 'certificate enrollment needs the server to run with a fleet CA (--ca)' },
+  ENROLLMENT_STATE: { status: 409, doc: 'the device enrollment state does not allow this (e.g. reject a device that has a certificate)' },
   INTERNAL: { status: 500, doc: 'unexpected server error (logged with the request id)' },
 } as const satisfies Record<string, { status: number; doc: string }>;
 
@@ -43,4 +45,6 @@ export const PROCESS_ERRORS = {
   DATA_DIR: 'the data directory cannot be created or written',
   SERVER_UNREACHABLE: 'the CLI could not reach the server URL',
   API_ERROR: 'the server answered a CLI request with an error (code and message are shown)',
+  DATABASE_UNREACHABLE: 'the PostgreSQL database (--database-url) cannot be reached or migrated',
+  MQTT_UNREACHABLE: 'the external MQTT broker (--mqtt-url) cannot be reached, refused the login, or refused the subscription',
 } as const;

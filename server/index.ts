@@ -1,7 +1,8 @@
 /**
- * createServer(config): one update server = HTTP API + dashboard (fastify), embedded MQTT broker (Aedes, TCP and
- * WebSocket), embedded durable storage (SQLite WAL), artifacts on local disk. Each concern is a fastify plugin
- * in server/plugins/; they share one ServerContext (passed as plugin options).
+ * createServer(config): one update server = HTTP API + dashboard (fastify), MQTT broker (embedded Aedes on TCP,
+ * WebSocket and optionally mutual TLS — or an external Mosquitto/EMQX with --mqtt-url), storage (embedded
+ * SQLite WAL — or PostgreSQL with --database-url, shared by several instances), artifacts on local disk.
+ * Each concern is a fastify plugin in server/plugins/; they share one ServerContext (passed as plugin options).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile, chmod } from 'node:fs/promises';
@@ -13,8 +14,13 @@ import { pino, type Logger } from 'pino';
 import { UzError, isUzError } from '../lib/errors.js';
 import { ArtifactStore } from './artifacts.js';
 import { DeviceAuth, UrlSigner, createApiToken } from './auth.js';
-import { EmbeddedBroker } from './broker.js';
+import { EmbeddedBroker, type ServerBroker } from './broker.js';
+import { ExternalBroker, redactMqttUrl } from './broker-external.js';
 import { trustRootPath, type ServerConfig } from './config.js';
+import { EnrollmentService } from './enrollment.js';
+import { enrollmentPlugin } from './plugins/enrollment.js';
+import { PostgresStorage, redactDatabaseUrl } from './storage/postgres.js';
+import { issueServerCertificate, loadCaDir } from '../firmware/ca/index.js';
 import type { ServerContext } from './context.js';
 import { DeviceService } from './devices.js';
 import { SERVER_ERRORS, httpError, statusOf } from './errors.js';
@@ -42,7 +48,10 @@ export interface CreateServerOptions {
 
 export interface StartedUrls {
   http: string;
+  /** Device-facing MQTT URL (embedded TCP listener, or the external broker's URL). */
   mqtt: string;
+  /** Embedded broker's mutual-TLS listener (mqtt.tlsPort), if enabled. */
+  mqtts: string | null;
   ws: string | null;
   dashboard: string;
 }
@@ -96,14 +105,25 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
   const out = o.logStream ?? process.stdout;
   const logger: Logger = pino({ level: config.logLevel, base: undefined }, config.jsonLogs ? (out as unknown as pino.DestinationStream) : (humanStream(out) as unknown as pino.DestinationStream));
   let storage: Storage;
-  try {
-    storage = o.storage ?? new SqliteStorage(join(config.dataDir, 'uz.db'));
-  } catch (e) {
-    throw new UzError('DATA_DIR', `cannot open the database in ${config.dataDir}: ${(e as Error).message}`, { path: config.dataDir });
+  if (o.storage) storage = o.storage;
+  else if (config.databaseUrl) {
+    try {
+      storage = await PostgresStorage.connect(config.databaseUrl);
+    } catch (e) {
+      throw new UzError('DATABASE_UNREACHABLE', `cannot use the database ${redactDatabaseUrl(config.databaseUrl)}: ${(e as Error).message}`, { url: redactDatabaseUrl(config.databaseUrl) });
+    }
+  } else {
+    try {
+      storage = new SqliteStorage(join(config.dataDir, 'uz.db'));
+    } catch (e) {
+      throw new UzError('DATA_DIR', `cannot open the database in ${config.dataDir}: ${(e as Error).message}`, { path: config.dataDir });
+    }
   }
   const artifacts = new ArtifactStore(config.dataDir);
   await artifacts.init();
-  await storage.markAllOffline();
+  // With the embedded broker this process IS the broker: nobody is connected before it starts. With an
+  // external broker, devices stay connected across server restarts (and other instances share the database).
+  if (!config.mqtt.url) await storage.markAllOffline();
   const signer = new UrlSigner(await loadOrCreateKey(join(config.dataDir, 'url-signing.key')));
   let bootstrapToken: string | null = null;
   if ((await storage.countTokens()) === 0) {
@@ -117,17 +137,42 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
   const ctx = {} as ServerContext;
   const metricsRef: { m?: Metrics } = {};
   const deviceAuth = new DeviceAuth(storage, config.mqtt.autoRegister, now);
-  const broker = await EmbeddedBroker.create({
-    authenticate: (id, pw) => deviceAuth.check(id, pw),
-    ratePerSec: config.mqtt.deviceMsgPerSec,
-    burst: config.mqtt.deviceMsgBurst,
-    log: logger,
-    onRejected: (reason) => metricsRef.m?.rejected.inc({ reason }),
+  const brokerRef: { b?: ServerBroker } = {};
+  const enrollment = new EnrollmentService({
+    storage, caDir: config.caDir ?? null, tokenTtlSec: config.enrollTokenTtlSec, now, log: logger,
+    onRevoked: (id, crlPem) => {
+      deviceAuth.forget(id);
+      const b = brokerRef.b;
+      if (b instanceof EmbeddedBroker) b.setCrl(crlPem);
+      b?.kick(id);
+    },
   });
+  let broker: ServerBroker;
+  if (config.mqtt.url) {
+    broker = new ExternalBroker({
+      url: config.mqtt.url, clientId: config.mqtt.clientId, username: config.mqtt.username, password: config.mqtt.password,
+      caFile: config.mqtt.caFile, certFile: config.mqtt.certFile, keyFile: config.mqtt.keyFile, sharedGroup: config.mqtt.sharedGroup,
+      ratePerSec: config.mqtt.deviceMsgPerSec, burst: config.mqtt.deviceMsgBurst, log: logger,
+      onRejected: (reason) => metricsRef.m?.rejected.inc({ reason }),
+    });
+  } else {
+    broker = await EmbeddedBroker.create({
+      // a revoked device is refused whatever credential it still has
+      authenticate: async (id, pw) => (await deviceAuth.check(id, pw)) && (await storage.getDevice(id))?.enrollment !== 'revoked',
+      authenticateCert: (id, serial) => enrollment.certValid(id, serial),
+      ...(config.caDir ? { authenticateEnroll: (id: string, token: string) => enrollment.canEnroll(id, token) } : {}),
+      ratePerSec: config.mqtt.deviceMsgPerSec,
+      burst: config.mqtt.deviceMsgBurst,
+      log: logger,
+      onRejected: (reason) => metricsRef.m?.rejected.inc({ reason }),
+    });
+  }
+  brokerRef.b = broker;
   const metrics = new Metrics(storage, () => broker.connectedCount());
   metricsRef.m = metrics;
   const devices = new DeviceService({
-    storage, broker: () => broker, artifacts, signer, metrics, rollouts: () => ctx.rollouts, publicUrl: () => httpBase, urlTtlSec: config.artifactUrlTtlSec, now, log: logger,
+    storage, broker: () => broker, artifacts, signer, metrics, rollouts: () => ctx.rollouts, enrollment: () => (enrollment.enabled ? enrollment : null),
+    publicUrl: () => httpBase, urlTtlSec: config.artifactUrlTtlSec, now, log: logger,
   });
   const rollouts = new RolloutService(storage, {
     now,
@@ -137,10 +182,35 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
     onOutcome: (outcome, n) => metrics.rolloutEvents.inc({ outcome }, n),
   });
   Object.assign(ctx, {
-    config, storage, artifacts, metrics, signer, deviceAuth, devices, rollouts, broker, trustRootPath: trustRootPath(config), now, publicUrl: () => httpBase, log: logger,
+    config, storage, artifacts, metrics, signer, deviceAuth, devices, rollouts, broker, enrollment, trustRootPath: trustRootPath(config), now, publicUrl: () => httpBase, log: logger,
   } satisfies ServerContext);
-  broker.onMessage((id, topic, payload) => void devices.onMessage(id, topic, payload));
-  broker.onPresence((id, online) => void devices.onPresence(id, online));
+  if (broker instanceof ExternalBroker) {
+    // The external broker authenticated the sender (its ACL pins the topic to the identity). Dev mode
+    // (autoRegister) registers ids it has not seen; otherwise unknown ids are simply not tracked.
+    // A revoked device is ignored (re-checked every 10 s, so a revocation on any instance takes effect everywhere);
+    // keeping it off the broker is the broker's CRL.
+    const checked = new Map<string, { at: number; revoked: boolean }>();
+    const admit = async (id: string): Promise<boolean> => {
+      const c = checked.get(id);
+      if (c && Date.now() - c.at < 10_000) return !c.revoked;
+      let dev = await storage.getDevice(id);
+      if (!dev && config.mqtt.autoRegister) {
+        await storage.registerDevice({ id, secretHash: null, now: now() });
+        dev = await storage.getDevice(id);
+      }
+      if (checked.size > 200_000) checked.clear();
+      const revoked = dev?.enrollment === 'revoked';
+      checked.set(id, { at: Date.now(), revoked });
+      if (revoked) metrics.rejected.inc({ reason: 'revoked' });
+      return !revoked;
+    };
+    broker.onMessage((id, topic, payload, session) => void admit(id).then((ok) => (ok ? devices.onMessage(id, topic, payload, session) : undefined)).catch((e: unknown) => logger.warn({ device: id, err: (e as Error).message }, 'device message handling failed')));
+    broker.onPresence((id, online) => void admit(id).then((ok) => (ok ? devices.onPresence(id, online) : undefined)).catch(() => undefined));
+    broker.onReconnect(() => void devices.republishAll().catch(() => undefined));
+  } else {
+    broker.onMessage((id, topic, payload, session) => void devices.onMessage(id, topic, payload, session));
+    broker.onPresence((id, online) => void devices.onPresence(id, online));
+  }
 
   const app: FastifyInstance = Fastify({ logController: new LogController({ disableRequestLogging: true }), loggerInstance: logger as unknown as import('fastify').FastifyBaseLogger, bodyLimit: 1024 * 1024, trustProxy: false, forceCloseConnections: true });
   // Bodies are validated with zod in the handlers; route JSON schemas are documentation (OpenAPI) only.
@@ -176,7 +246,7 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
     allowList: (req) => !req.url.startsWith('/api/'),
     errorResponseBuilder: (_req, c) => httpError('RATE_LIMITED', `rate limit of ${c.max} requests per ${c.after} exceeded`),
   });
-  const plugins = [configPlugin, storagePlugin, brokerPlugin, authPlugin, devicesPlugin, releasesPlugin, artifactsPlugin, rolloutsPlugin, metricsPlugin, dashboardPlugin];
+  const plugins = [configPlugin, storagePlugin, brokerPlugin, authPlugin, devicesPlugin, enrollmentPlugin, releasesPlugin, artifactsPlugin, rolloutsPlugin, metricsPlugin, dashboardPlugin];
   for (const p of plugins) await app.register(p, { ctx });
   await app.register(openapiRoutes);
 
@@ -196,9 +266,20 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
       const addr = app.server.address();
       const httpPort = typeof addr === 'object' && addr ? addr.port : config.http.port;
       if (!config.http.publicUrl) httpBase = `http://${config.http.host}:${httpPort}`;
-      let mqttPort: number;
+      let mqttUrl: string;
+      let mqttsUrl: string | null = null;
       try {
-        mqttPort = await broker.listen(config.mqtt.host, config.mqtt.port);
+        if (broker instanceof ExternalBroker) {
+          await broker.connect();
+          mqttUrl = redactMqttUrl(config.mqtt.url!);
+        } else {
+          const b = broker as EmbeddedBroker;
+          mqttUrl = `mqtt://${config.mqtt.host}:${await b.listen(config.mqtt.host, config.mqtt.port)}`;
+          if (config.mqtt.tlsPort !== undefined) {
+            const tls = await brokerTlsMaterial(config, enrollment);
+            mqttsUrl = `mqtts://${config.mqtt.host}:${await b.listenTls(config.mqtt.host, config.mqtt.tlsPort, { ...tls, enrollment: true })}`;
+          }
+        }
       } catch (e) {
         await app.close();
         throw e;
@@ -209,11 +290,12 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
       void rollouts.tick();
       const urls: StartedUrls = {
         http: httpBase,
-        mqtt: `mqtt://${config.mqtt.host}:${mqttPort}`,
-        ws: config.mqtt.wsPath ? `${httpBase.replace(/^http/, 'ws')}${config.mqtt.wsPath}` : null,
+        mqtt: mqttUrl,
+        mqtts: mqttsUrl,
+        ws: config.mqtt.wsPath && broker.handleStream ? `${httpBase.replace(/^http/, 'ws')}${config.mqtt.wsPath}` : null,
         dashboard: `${httpBase}/`,
       };
-      logger.info({ ...urls, republished, dataDir: config.dataDir }, 'uz server started');
+      logger.info({ ...urls, republished, dataDir: config.dataDir, storage: storage.kind, broker: broker.kind, enrollment: enrollment.enabled }, 'uz server started');
       return urls;
     },
     async close() {
@@ -225,4 +307,31 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
     },
   };
   return server;
+}
+
+/**
+ * Key, certificate, CA and CRL for the embedded broker's TLS listener: the configured files, or a broker
+ * certificate issued once from the fleet CA into <dataDir>/broker-tls/ (hosts: mqtt.host, localhost, 127.0.0.1).
+ */
+async function brokerTlsMaterial(config: Readonly<ServerConfig>, enrollment: EnrollmentService): Promise<{ keyPem: string; certPem: string; caPem: string; crlPem?: string }> {
+  const caPem = await enrollment.caPem();
+  const crlPem = await enrollment.crlPem();
+  if (config.mqtt.tlsCertFile && config.mqtt.tlsKeyFile) {
+    return { certPem: await readFile(config.mqtt.tlsCertFile, 'utf8'), keyPem: await readFile(config.mqtt.tlsKeyFile, 'utf8'), caPem, crlPem };
+  }
+  const dir = join(config.dataDir, 'broker-tls');
+  const certPath = join(dir, 'server.crt');
+  const keyPath = join(dir, 'server.key');
+  try {
+    return { certPem: await readFile(certPath, 'utf8'), keyPem: await readFile(keyPath, 'utf8'), caPem, crlPem };
+  } catch {
+    /* issue below */
+  }
+  const ca = await loadCaDir(config.caDir!);
+  const hosts = [...new Set([config.mqtt.host, 'localhost', '127.0.0.1'].filter((h) => h !== '0.0.0.0' && h !== '::'))];
+  const issued = await issueServerCertificate(ca, { hosts });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFile(keyPath, issued.keyPem, { mode: 0o600 });
+  await writeFile(certPath, issued.certPem);
+  return { certPem: issued.certPem, keyPem: issued.keyPem, caPem, crlPem };
 }

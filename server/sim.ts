@@ -6,7 +6,7 @@
  * register once and then stay away. Not the real agent (updater/): no slots are written.
  */
 import { createHash } from 'node:crypto';
-import mqtt, { type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { decode, encode, topics, type Desired, type Status, type UpdateEvent } from '../lib/protocol.js';
 
 export type DownloadMode = 'none' | 'range' | 'full' | 'mqtt';
@@ -30,6 +30,8 @@ export interface FleetSimOptions {
   /** Connect this many devices at a time. */
   connectBatch?: number;
   log?: (line: string) => void;
+  /** Extra MQTT options per device (e.g. TLS client certificate: { ca, cert, key }); replaces the password when it sets `password: undefined`. */
+  connectOptions?: (deviceId: string) => Partial<IClientOptions>;
 }
 
 /** Exactly round(n·pct/100) indices, spread evenly. */
@@ -59,7 +61,7 @@ export class SimDevice {
   private busy = false;
   private pendingReq = new Map<string, (data: Buffer | null, eof: boolean) => void>();
 
-  constructor(readonly id: string, private readonly password: string, readonly failsHealth: boolean, private readonly o: Required<Pick<FleetSimOptions, 'url' | 'board' | 'stepMs' | 'download'>> & { version: string; log: (l: string) => void }) {
+  constructor(readonly id: string, private readonly password: string, readonly failsHealth: boolean, private readonly o: Required<Pick<FleetSimOptions, 'url' | 'board' | 'stepMs' | 'download'>> & { version: string; log: (l: string) => void; connectOptions?: Partial<IClientOptions> }) {
     this.version = o.version;
   }
 
@@ -77,6 +79,7 @@ export class SimDevice {
       const c = mqtt.connect(this.o.url, {
         clientId: this.id, username: this.id, password: this.password, clean: true, reconnectPeriod: 300, connectTimeout: 10_000, keepalive: 30,
         will: { topic: topics.presence(this.id), payload: encode('presence', { v: 1, online: false }), qos: 1, retain: true },
+        ...this.o.connectOptions,
       });
       this.client = c;
       let first = true;
@@ -224,7 +227,7 @@ export class FleetSim {
     const width = Math.max(4, String(n - 1).length);
     for (let i = 0; i < n; i++) {
       const id = `${prefix}-${String(i).padStart(width, '0')}`;
-      this.devices.push(new SimDevice(id, simPassword(seed, id), fail.has(i), { url: o.url, board: o.board ?? 'rpi4', version: o.version ?? '1.0.0', stepMs: o.stepMs ?? 50, download: o.download ?? 'range', log: o.log ?? (() => undefined) }));
+      this.devices.push(new SimDevice(id, simPassword(seed, id), fail.has(i), { url: o.url, board: o.board ?? 'rpi4', version: o.version ?? '1.0.0', stepMs: o.stepMs ?? 50, download: o.download ?? 'range', log: o.log ?? (() => undefined), connectOptions: o.connectOptions?.(id) }));
       if (off.has(i)) this.offline.add(id);
     }
   }

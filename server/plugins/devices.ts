@@ -13,8 +13,10 @@ const Patch = z.strictObject({ channel: Name.optional(), tags: z.array(Name).max
 export const devicesPlugin: UzPlugin = async (app, { ctx }) => {
   const s = ctx.storage;
   app.get('/api/v1/devices', { preHandler: requireRole(s, 'viewer'), schema: { tags: ['devices'], summary: 'List devices (filter by channel or tag)' } }, async (req) => {
-    const q = parse(z.object({ channel: Name.optional(), tag: Name.optional() }), req.query, 'query');
-    return { devices: await s.listDevices(q) };
+    const q = parse(z.object({ channel: Name.optional(), tag: Name.optional(), enrollment: z.enum(['none', 'pending', 'approved', 'rejected', 'revoked']).optional() }), req.query, 'query');
+    const { enrollment, ...f } = q;
+    const all = await s.listDevices(f);
+    return { devices: enrollment ? all.filter((d) => d.enrollment === enrollment) : all };
   });
   app.get('/api/v1/devices/:id', { preHandler: requireRole(s, 'viewer'), schema: { tags: ['devices'], summary: 'One device with its update history and rollouts' } }, async (req) => {
     const { id } = parse(z.object({ id: DeviceId }), req.params, 'params');

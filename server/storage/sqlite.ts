@@ -6,11 +6,12 @@
 import Database from 'better-sqlite3';
 import type { Desired, Status } from '../../lib/protocol.js';
 import type {
-  AuditRow, ChannelRow, DeviceEventRow, DeviceFilter, DeviceRow, MemberRow, MemberState, ReleaseRow, Role, RolloutRow, RolloutState,
+  AuditRow, ChannelRow, DeviceEventRow, DeviceFilter, DeviceRow, EnrollmentState, EnrollTokenRow, MemberRow, MemberState, ReleaseRow, Role, RolloutRow, RolloutState,
   StageStats, Storage, TokenRow,
 } from './types.js';
 
-const SCHEMA = [
+/** Version 1: the original schema (IF NOT EXISTS, so databases created before versioning adopt it as is). */
+const SCHEMA_V1 = [
   `CREATE TABLE IF NOT EXISTS devices (
      id TEXT PRIMARY KEY, secret_hash TEXT, channel TEXT NOT NULL DEFAULT 'stable', tags TEXT NOT NULL DEFAULT '[]',
      online INTEGER NOT NULL DEFAULT 0, last_seen INTEGER, status TEXT, desired TEXT, created_at INTEGER NOT NULL)`,
@@ -40,6 +41,24 @@ const SCHEMA = [
      action TEXT NOT NULL, target TEXT NOT NULL, details TEXT)`,
 ];
 
+/**
+ * Versioned migrations; PRAGMA user_version is the applied version. Each runs in one IMMEDIATE transaction
+ * (SQLite DDL is transactional), so a crash mid-migration leaves the previous version.
+ */
+export const SQLITE_MIGRATIONS: { version: number; name: string; sql: string[] }[] = [
+  { version: 1, name: 'initial schema', sql: SCHEMA_V1 },
+  {
+    version: 2,
+    name: 'certificate enrollment',
+    sql: [
+      `ALTER TABLE devices ADD COLUMN enrollment TEXT NOT NULL DEFAULT 'none'`,
+      `ALTER TABLE devices ADD COLUMN cert_serial TEXT`,
+      `CREATE TABLE enroll_tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, device_id TEXT, pre_approved INTEGER NOT NULL,
+         expires_at INTEGER NOT NULL, used_at INTEGER, created_by TEXT NOT NULL, created_at INTEGER NOT NULL)`,
+    ],
+  },
+];
+
 /** Keep at most this many history rows per device (oldest trimmed). */
 const EVENTS_PER_DEVICE = 200;
 
@@ -55,6 +74,20 @@ function deviceRow(r: R): DeviceRow {
     lastSeen: (r.last_seen as number | null) ?? null,
     status: r.status ? j<Status>(r.status) : null,
     desired: r.desired ? j<Desired>(r.desired) : null,
+    createdAt: r.created_at as number,
+    enrollment: r.enrollment as EnrollmentState,
+    certSerial: (r.cert_serial as string | null) ?? null,
+  };
+}
+
+function enrollTokenRow(r: R): EnrollTokenRow {
+  return {
+    id: r.id as string,
+    deviceId: (r.device_id as string | null) ?? null,
+    preApproved: r.pre_approved === 1,
+    expiresAt: r.expires_at as number,
+    usedAt: (r.used_at as number | null) ?? null,
+    createdBy: r.created_by as string,
     createdAt: r.created_at as number,
   };
 }
@@ -123,7 +156,26 @@ export class SqliteStorage implements Storage {
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
-    for (const s of SCHEMA) this.db.exec(s);
+    this.migrate();
+  }
+
+  /** Applies pending migrations; returns the versions applied. */
+  migrate(): number[] {
+    const applied: number[] = [];
+    for (const m of SQLITE_MIGRATIONS) {
+      this.db.transaction(() => {
+        const cur = this.db.pragma('user_version', { simple: true }) as number;
+        if (cur >= m.version) return;
+        for (const sql of m.sql) this.db.exec(sql);
+        this.db.pragma(`user_version = ${m.version}`);
+        applied.push(m.version);
+      }).immediate();
+    }
+    return applied;
+  }
+
+  schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
   }
 
   async close(): Promise<void> {
@@ -140,12 +192,20 @@ export class SqliteStorage implements Storage {
     return this.db.prepare(sql).run(...args);
   }
 
-  async registerDevice(d: { id: string; secretHash: string | null; channel?: string; tags?: string[]; now: number }): Promise<boolean> {
+  async registerDevice(d: { id: string; secretHash: string | null; channel?: string; tags?: string[]; now: number; enrollment?: EnrollmentState }): Promise<boolean> {
     const r = this.run(
-      `INSERT INTO devices (id, secret_hash, channel, tags, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING`,
-      d.id, d.secretHash, d.channel ?? 'stable', JSON.stringify(d.tags ?? []), d.now,
+      `INSERT INTO devices (id, secret_hash, channel, tags, created_at, enrollment) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING`,
+      d.id, d.secretHash, d.channel ?? 'stable', JSON.stringify(d.tags ?? []), d.now, d.enrollment ?? 'none',
     );
     return r.changes === 1;
+  }
+  async setEnrollment(id: string, patch: { state?: EnrollmentState; certSerial?: string | null }): Promise<boolean> {
+    const sets: string[] = [];
+    const args: unknown[] = [];
+    if (patch.state !== undefined) (sets.push('enrollment = ?'), args.push(patch.state));
+    if (patch.certSerial !== undefined) (sets.push('cert_serial = ?'), args.push(patch.certSerial));
+    if (!sets.length) return (await this.getDevice(id)) !== null;
+    return this.run(`UPDATE devices SET ${sets.join(', ')} WHERE id = ?`, ...args, id).changes === 1;
   }
   async deviceSecretHash(id: string): Promise<string | null | undefined> {
     const r = this.get(`SELECT secret_hash FROM devices WHERE id = ?`, id);
@@ -299,6 +359,13 @@ export class SqliteStorage implements Storage {
   async claimForDispatch(rolloutId: string, maxStage: number, limit: number, now: number, onlineOnly: boolean, desiredFor?: (m: MemberRow) => Desired): Promise<MemberRow[]> {
     if (limit <= 0) return [];
     return this.db.transaction(() => {
+      const ro = this.get(`SELECT policy FROM rollouts WHERE id = ?`, rolloutId);
+      if (!ro) return [];
+      const pol = j<{ maxInFlight: number; ratePerMinute: number }>(ro.policy);
+      const inFlight = Number(this.get(`SELECT COUNT(*) n FROM rollout_devices WHERE rollout_id = ? AND state = 'dispatched'`, rolloutId)!.n);
+      const lastMinute = Number(this.get(`SELECT COUNT(*) n FROM rollout_devices WHERE rollout_id = ? AND dispatched_at >= ?`, rolloutId, now - 60_000)!.n);
+      limit = Math.min(limit, pol.maxInFlight - inFlight, pol.ratePerMinute - lastMinute);
+      if (limit <= 0) return [];
       const rows = this.all(
         `SELECT rd.device_id FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
          WHERE rd.rollout_id = ? AND rd.state = 'pending' AND rd.stage <= ? ${onlineOnly ? 'AND d.online = 1' : ''}
@@ -364,6 +431,35 @@ export class SqliteStorage implements Storage {
   }
   async countTokens(): Promise<number> {
     return Number(this.get(`SELECT COUNT(*) n FROM tokens WHERE revoked = 0`)!.n);
+  }
+
+  async createEnrollToken(t: { id: string; hash: string; deviceId: string | null; preApproved: boolean; expiresAt: number; createdBy: string; now: number }): Promise<void> {
+    this.run(
+      `INSERT INTO enroll_tokens (id, hash, device_id, pre_approved, expires_at, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      t.id, t.hash, t.deviceId, t.preApproved ? 1 : 0, t.expiresAt, t.createdBy, t.now,
+    );
+  }
+  async enrollTokenByHash(hash: string): Promise<EnrollTokenRow | null> {
+    const r = this.get(`SELECT * FROM enroll_tokens WHERE hash = ?`, hash);
+    return r ? enrollTokenRow(r) : null;
+  }
+  async useEnrollToken(hash: string, deviceId: string, now: number): Promise<EnrollTokenRow | null> {
+    return this.db.transaction(() => {
+      const changed = this.run(
+        `UPDATE enroll_tokens SET device_id = ?, used_at = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ? AND (device_id IS NULL OR device_id = ?)`,
+        deviceId, now, hash, now, deviceId,
+      ).changes;
+      const r = this.get(`SELECT * FROM enroll_tokens WHERE hash = ?`, hash);
+      if (!r) return null;
+      const row = enrollTokenRow(r);
+      return changed === 1 || (row.usedAt !== null && row.deviceId === deviceId) ? row : null;
+    }).immediate();
+  }
+  async listEnrollTokens(): Promise<EnrollTokenRow[]> {
+    return this.all(`SELECT * FROM enroll_tokens ORDER BY created_at, id`).map(enrollTokenRow);
+  }
+  async deleteEnrollToken(id: string): Promise<boolean> {
+    return this.run(`DELETE FROM enroll_tokens WHERE id = ?`, id).changes === 1;
   }
 
   async appendAudit(a: { ts: number; actor: string; action: string; target: string; details?: unknown }): Promise<void> {

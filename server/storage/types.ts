@@ -25,6 +25,24 @@ export interface DeviceRow {
   status: Status | null;
   desired: Desired | null;
   createdAt: number;
+  /** Certificate enrollment: none (password device), pending (asked, awaiting an operator), approved, rejected, revoked. */
+  enrollment: EnrollmentState;
+  /** Serial (lower-case hex) of the last client certificate issued to it, or null. */
+  certSerial: string | null;
+}
+
+export type EnrollmentState = 'none' | 'pending' | 'approved' | 'rejected' | 'revoked';
+
+export interface EnrollTokenRow {
+  id: string;
+  /** Device the token was created for, or bound to on first use (one token enrolls one device). */
+  deviceId: string | null;
+  /** The device is approved as soon as it enrolls with this token (no operator step). */
+  preApproved: boolean;
+  expiresAt: number;
+  usedAt: number | null;
+  createdBy: string;
+  createdAt: number;
 }
 
 export interface DeviceEventRow {
@@ -166,7 +184,9 @@ export interface Storage {
   close(): Promise<void>;
 
   // devices
-  registerDevice(d: { id: string; secretHash: string | null; channel?: string; tags?: string[]; now: number }): Promise<boolean>;
+  registerDevice(d: { id: string; secretHash: string | null; channel?: string; tags?: string[]; now: number; enrollment?: EnrollmentState }): Promise<boolean>;
+  /** Sets the enrollment state and/or certificate serial; false if there is no such device. */
+  setEnrollment(id: string, patch: { state?: EnrollmentState; certSerial?: string | null }): Promise<boolean>;
   deviceSecretHash(id: string): Promise<string | null | undefined>;
   getDevice(id: string): Promise<DeviceRow | null>;
   listDevices(f?: DeviceFilter): Promise<DeviceRow[]>;
@@ -203,6 +223,9 @@ export interface Storage {
    * devices first), marks them dispatched with txid `${rolloutId}-a${attempts}` and returns them. When
    * `desiredFor` is given, each device's desired state is stored in the SAME transaction (so a crash can never
    * leave a claimed member without its desired state; the server republishes stored desired states at start).
+   * The claim is also capped in the same transaction by the rollout's policy: never more than
+   * maxInFlight − (members in flight) and ratePerMinute − (dispatches in the minute before `now`), so several
+   * server instances deciding on the same counts at once cannot overshoot the budget together.
    */
   claimForDispatch(rolloutId: string, maxStage: number, limit: number, now: number, onlineOnly: boolean, desiredFor?: (m: MemberRow) => Desired): Promise<MemberRow[]>;
   /** dispatched -> succeeded|failed. Returns false if the member was not dispatched (duplicate/late report). */
@@ -223,6 +246,18 @@ export interface Storage {
   listTokens(): Promise<TokenRow[]>;
   revokeToken(id: string): Promise<boolean>;
   countTokens(): Promise<number>;
+
+  // enrollment tokens (stored as SHA-256 of the token)
+  createEnrollToken(t: { id: string; hash: string; deviceId: string | null; preApproved: boolean; expiresAt: number; createdBy: string; now: number }): Promise<void>;
+  enrollTokenByHash(hash: string): Promise<EnrollTokenRow | null>;
+  /**
+   * One-time use: atomically binds the token to `deviceId` (first use) and returns it; a token already bound
+   * to the same device is returned again (enrollment retries while pending); a token that is unknown, expired
+   * before its first use, revoked, or bound to another device gives null.
+   */
+  useEnrollToken(hash: string, deviceId: string, now: number): Promise<EnrollTokenRow | null>;
+  listEnrollTokens(): Promise<EnrollTokenRow[]>;
+  deleteEnrollToken(id: string): Promise<boolean>;
 
   // audit
   appendAudit(a: { ts: number; actor: string; action: string; target: string; details?: unknown }): Promise<void>;

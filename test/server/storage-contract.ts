@@ -18,7 +18,12 @@ export function rolloutRow(id: string, over: Partial<RolloutRow> = {}): RolloutR
 }
 
 export function storageContract(name: string, make: () => Promise<Storage>): void {
-  describe(`Storage contract: ${name}`, () => {
+  describe(`Storage contract: ${name}`, () => storageContractTests(make));
+}
+
+/** The contract's tests, for `describe.each` over implementations (test/server/storage.test.ts). */
+export function storageContractTests(make: () => Promise<Storage>): void {
+  {
     it('registers devices once, tracks presence, status and desired', async () => {
       const s = await make();
       expect(await s.registerDevice({ id: 'dev-a', secretHash: 'h1', now: 1 })).toBe(true);
@@ -141,5 +146,58 @@ export function storageContract(name: string, make: () => Promise<Storage>): voi
       expect(await s.listAudit(10)).toEqual([{ id: 1, ts: 1, actor: 'ci', action: 'release.publish', target: 'rel-1', details: { a: 1 } }]);
       await s.close();
     });
-  });
+
+    it('caps a claim at the policy budget (maxInFlight, ratePerMinute) whatever the caller asks', async () => {
+      const s = await make();
+      for (let i = 0; i < 6; i++) await s.registerDevice({ id: `dev-${i}`, secretHash: null, now: 0 });
+      const base = rolloutRow('ro-1');
+      await s.createRollout({ ...base, policy: { ...base.policy, maxInFlight: 2 } }, Array.from({ length: 6 }, (_, i) => ({ deviceId: `dev-${i}`, position: i, stage: 0 })));
+      expect((await s.claimForDispatch('ro-1', 0, 10, 1000, false)).map((m) => m.deviceId)).toEqual(['dev-0', 'dev-1']);
+      expect(await s.claimForDispatch('ro-1', 0, 10, 1001, false)).toEqual([]);
+      expect(await s.finishMember('ro-1', 'dev-0', 'succeeded', null, 1002)).toBe(true);
+      expect((await s.claimForDispatch('ro-1', 0, 10, 1003, false)).map((m) => m.deviceId)).toEqual(['dev-2']);
+      await s.createRollout({ ...rolloutRow('ro-2'), policy: { ...base.policy, maxInFlight: 100, ratePerMinute: 3 } }, Array.from({ length: 6 }, (_, i) => ({ deviceId: `dev-${i}`, position: i, stage: 0 })));
+      expect((await s.claimForDispatch('ro-2', 0, 10, 10_000, false)).length).toBe(3);
+      expect((await s.claimForDispatch('ro-2', 0, 10, 10_001, false)).length).toBe(0); // 3 in the last minute
+      expect((await s.claimForDispatch('ro-2', 0, 10, 70_001, false)).length).toBe(3); // a minute later
+      expect(await s.claimForDispatch('nope', 0, 10, 1, false)).toEqual([]);
+      await s.close();
+    });
+
+    it('keeps enrollment state and one-time enrollment tokens', async () => {
+      const s = await make();
+      expect(await s.registerDevice({ id: 'dev-e', secretHash: null, now: 1, enrollment: 'pending' })).toBe(true);
+      expect(await s.getDevice('dev-e')).toMatchObject({ enrollment: 'pending', certSerial: null });
+      expect(await s.setEnrollment('dev-e', { state: 'approved', certSerial: 'abc1' })).toBe(true);
+      expect(await s.getDevice('dev-e')).toMatchObject({ enrollment: 'approved', certSerial: 'abc1' });
+      expect(await s.setEnrollment('dev-e', { state: 'revoked' })).toBe(true);
+      expect(await s.getDevice('dev-e')).toMatchObject({ enrollment: 'revoked', certSerial: 'abc1' });
+      expect(await s.setEnrollment('nope', { state: 'approved' })).toBe(false);
+      await s.registerDevice({ id: 'dev-p', secretHash: 'h', now: 1 });
+      expect((await s.getDevice('dev-p'))!.enrollment).toBe('none');
+
+      await s.createEnrollToken({ id: 'e1', hash: 'h1', deviceId: null, preApproved: false, expiresAt: 100, createdBy: 'op', now: 1 });
+      await s.createEnrollToken({ id: 'e2', hash: 'h2', deviceId: 'dev-x', preApproved: true, expiresAt: 100, createdBy: 'op', now: 2 });
+      await s.createEnrollToken({ id: 'e3', hash: 'h3', deviceId: null, preApproved: false, expiresAt: 10, createdBy: 'op', now: 3 });
+      expect(await s.enrollTokenByHash('h1')).toEqual({ id: 'e1', deviceId: null, preApproved: false, expiresAt: 100, usedAt: null, createdBy: 'op', createdAt: 1 });
+      // first use binds; the same device may use it again (enrollment retries); another device may not
+      expect(await s.useEnrollToken('h1', 'dev-a', 50)).toMatchObject({ id: 'e1', deviceId: 'dev-a', usedAt: 50 });
+      expect(await s.useEnrollToken('h1', 'dev-a', 60)).toMatchObject({ id: 'e1', deviceId: 'dev-a', usedAt: 50 });
+      expect(await s.useEnrollToken('h1', 'dev-b', 61)).toBeNull();
+      // a token made for one device works only for it
+      expect(await s.useEnrollToken('h2', 'dev-y', 50)).toBeNull();
+      expect(await s.useEnrollToken('h2', 'dev-x', 50)).toMatchObject({ id: 'e2', preApproved: true });
+      // expired before first use; unknown
+      expect(await s.useEnrollToken('h3', 'dev-c', 11)).toBeNull();
+      expect(await s.useEnrollToken('zz', 'dev-c', 1)).toBeNull();
+      // concurrent first uses by different devices: exactly one wins
+      await s.createEnrollToken({ id: 'e4', hash: 'h4', deviceId: null, preApproved: false, expiresAt: 100, createdBy: 'op', now: 4 });
+      const race = await Promise.all(['dev-1', 'dev-2', 'dev-3', 'dev-4'].map((d) => s.useEnrollToken('h4', d, 5)));
+      expect(race.filter(Boolean).length).toBe(1);
+      expect((await s.listEnrollTokens()).map((t) => t.id)).toEqual(['e1', 'e2', 'e3', 'e4']);
+      expect(await s.deleteEnrollToken('e3')).toBe(true);
+      expect(await s.deleteEnrollToken('e3')).toBe(false);
+      await s.close();
+    });
+  }
 }
