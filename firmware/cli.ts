@@ -120,7 +120,7 @@ export function registerFirmwareCommands(program: Command): void {
     .addOption(new Option('--until <marker>', 'exit 0 at the first console line starting with UZ-<marker>').choices(['READY', 'BOOT', 'AGENT']))
     .option('--timeout <seconds>', 'give up after this long (exit 1)', positiveInt, 600)
     .option('--quiet', 'do not stream the console')
-    .option('--forward <guest:host>', 'let the guest reach host loopback port <host> at 10.0.2.2:<guest> (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--forward <guest:host>', 'let the guest reach host loopback port <host> at 10.0.2.100:<guest> (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .action(async (image: string, o: { until?: string; timeout: number; quiet?: boolean; forward?: string[] }) => {
       const forwards = (o.forward ?? []).map((f) => {
         const m = /^(\d+):(\d+)$/.exec(f);

@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { getBoard } from '../boards/index.js';
 import { UzError } from '../lib/errors.js';
@@ -12,10 +13,15 @@ import { debianCacheDir } from './debian/cache.js';
 /**
  * Runs an image on the emulated reference board: qemu-system-aarch64 `virt` with Debian's U-Boot
  * (qemu_arm64, from the locked u-boot-qemu package) as firmware, the image as a virtio disk, user-mode
- * networking restricted to the host loopback (only explicit guestfwd rules reach out), and an i6300esb
+ * networking with `restrict=on` (only explicit forwards to host loopback ports, at 10.0.2.100), and an i6300esb
  * watchdog so a hung guest resets like a real board.
  */
 export const QEMU_BINARY = 'qemu-system-aarch64';
+/**
+ * Address at which the emulated board reaches forwarded host services. The network is `restrict=on` (the
+ * guest can reach nothing else), and slirp reserves 10.0.2.2 for itself, so forwards live on .100.
+ */
+export const QEMU_HOST_ALIAS = '10.0.2.100';
 
 export function requireQemu(): string {
   const r = spawnSync(QEMU_BINARY, ['--version'], { encoding: 'utf8' });
@@ -45,7 +51,7 @@ export async function ubootForQemu(): Promise<string> {
 }
 
 export interface GuestForward {
-  /** Port the guest connects to on 10.0.2.2. */
+  /** Port the guest connects to on QEMU_HOST_ALIAS (10.0.2.100). */
   guestPort: number;
   /** Host loopback port it reaches. */
   hostPort: number;
@@ -76,7 +82,10 @@ export interface QemuRunResult {
 export function qemuArgs(o: { image: string; bios: string; board?: string; forwards?: GuestForward[] }): string[] {
   const board = getBoard(o.board ?? 'qemu-virt');
   if (!board.qemu) throw new UzError('QEMU_BOARD_UNSUPPORTED', `board ${board.id} cannot be emulated; use qemu-virt`);
-  const fwd = (o.forwards ?? []).map((f) => `,guestfwd=tcp:10.0.2.2:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join('');
+  // A `-tcp:` target would be ONE connection opened at start-up; `-cmd:` runs a relay per guest connection.
+  const relay = fileURLToPath(new URL('./qemu-fwd.mjs', import.meta.url));
+  if (/[,\s]/.test(relay) || /[,\s]/.test(process.execPath)) throw new UzError('QEMU_PATH_UNSUPPORTED', `paths with spaces or commas cannot be used in QEMU options: ${relay}`);
+  const fwd = (o.forwards ?? []).map((f) => `,guestfwd=tcp:${QEMU_HOST_ALIAS}:${f.guestPort}-cmd:${process.execPath} ${relay} 127.0.0.1 ${f.hostPort}`).join('');
   return [
     '-M', board.qemu.machine,
     '-cpu', board.qemu.cpu,

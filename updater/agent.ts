@@ -19,7 +19,8 @@ import { mqttBlockSource, type BlockAnswer, type BlockRequester } from './instal
 import type { RangeSource } from './install/source.js';
 import { backoffDelay } from './state/retry.js';
 
-export type StatusExtra = Pick<Status, 'board' | 'version' | 'workload' | 'bootControl'> & Partial<Pick<Status, 'data'>>;
+/** `lastError` here (e.g. DEVICE_CONFIG_INVALID found at boot) is reported unless the engine has a newer one. */
+export type StatusExtra = Pick<Status, 'board' | 'version' | 'workload' | 'bootControl'> & Partial<Pick<Status, 'data' | 'lastError'>>;
 
 export interface AgentDeps {
   config: AgentConfig;
@@ -27,7 +28,12 @@ export interface AgentDeps {
   statusExtra: () => Promise<StatusExtra>;
   log: (line: string) => void;
   /** PEM contents (read by the caller from config.tls paths). */
-  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  tls?: { ca?: Buffer | string | Array<Buffer | string>; cert?: Buffer; key?: Buffer };
+  /**
+   * Dev mode without a client certificate: username = device id, password = a per-device secret the device
+   * generated itself (see devSecret in updater/device/main.ts); the server registers it on first use (TOFU).
+   */
+  password?: string;
   now?: () => number;
   random?: () => number;
   /** Injectable for tests; defaults to mqtt.connect. */
@@ -53,7 +59,7 @@ export class MqttAgent implements BlockRequester {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private readonly pending = new Map<string, Pending>();
   /** Counters for status and tests. */
-  readonly stats = { connects: 0, rejected: 0, desired: 0 };
+  readonly stats = { connects: 0, rejected: 0, desired: 0, refused: 0 };
 
   constructor(private readonly d: AgentDeps) {}
 
@@ -101,13 +107,21 @@ export class MqttAgent implements BlockRequester {
       reconnectPeriod: 0, // we reconnect ourselves, with jitter
       connectTimeout: 15_000,
       will: { topic: topics.presence(this.id), payload: encode('presence', { v: 1, online: false }), qos: 1, retain: true },
+      ...(this.d.password ? { username: this.id, password: this.d.password } : {}),
       ...(url.startsWith('mqtts:') ? { ca: this.d.tls?.ca, cert: this.d.tls?.cert, key: this.d.tls?.key, rejectUnauthorized: true } : {}),
     };
     const client = (this.d.connect ?? mqtt.connect)(url, opts);
     this.client = client;
     client.on('connect', () => void this.onConnect());
     client.on('message', (topic, payload) => this.onMessage(topic, payload));
-    client.on('error', (e) => this.d.log(`UZ-MQTT error ${(e as Error).message}`));
+    client.on('error', (e: Error & { code?: unknown }) => {
+      // A CONNACK refusal (numeric return code): 4 = bad credentials, 5 = not authorized (e.g. a revoked
+      // certificate). Logged on its own line so the console says why the device is offline.
+      if (typeof e.code === 'number') {
+        this.stats.refused++;
+        this.d.log(`UZ-MQTT refused rc=${e.code} broker=${c.brokerUrl} detail=${JSON.stringify(e.message.slice(0, 200))}`);
+      } else this.d.log(`UZ-MQTT error ${e.message}`);
+    });
     client.on('close', () => this.scheduleReconnect());
   }
 
@@ -196,7 +210,7 @@ export class MqttAgent implements BlockRequester {
         rollbackCounter: rec.floor,
         state: rec.state,
         ...extra,
-        ...(rec.lastError && /^[A-Z][A-Z0-9_]{1,63}$/.test(rec.lastError.code) ? { lastError: rec.lastError } : {}),
+        ...(rec.lastError && /^[A-Z][A-Z0-9_]{1,63}$/.test(rec.lastError.code) ? { lastError: { code: rec.lastError.code, message: rec.lastError.message.slice(0, 1000) } } : {}),
       };
       await this.publish(topics.status(this.id), () => encode('status', status), true);
     } catch (e) {

@@ -2,7 +2,7 @@
  * Agent configuration: one strict zod schema (unknown keys rejected, like RAUC's check_remaining_keys),
  * defaults in the schema, environment overrides derived from the schema (UZ_AGENT_<KEY>), validated once and
  * frozen. Production needs TLS with a client certificate; `devMode: true` allows plain TCP and http bundle
- * URLs (a lab broker, QEMU's 10.0.2.2).
+ * URLs (a lab broker, or the host seen from the emulated board at 10.0.2.100).
  */
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
@@ -104,14 +104,16 @@ export interface ProvisionedDevice {
 
 /**
  * Agent config for a card provisioned with `uz provision` (uz-device.json in p1) and no agent.json: the device
- * name is the device id; a plain mqtt:// broker means a lab network (dev mode); the client certificate is the
- * one enrollment stored on the data partition, when present.
+ * name is the device id; the client certificate is the one enrollment stored on the data partition, when
+ * present. A plain mqtt:// broker, or no certificate, means a lab network (dev mode); so does a plain http://
+ * update server (`uz server` speaks HTTP): the broker session is still mutual TLS, and bundles fetched over
+ * http are verified against the trust root like any other, but the URL rule is relaxed.
  */
 export function agentConfigFromDevice(
   dev: ProvisionedDevice,
   o: { trustRoot: string; stateDir?: string; tls?: { cert: string; key: string; ca?: string } },
 ): AgentConfig {
-  const plain = /^(mqtt|tcp):/.test(dev.server.mqttUrl);
+  const plain = /^(mqtt|tcp):/.test(dev.server.mqttUrl) || dev.server.httpUrl.startsWith('http:');
   return parseConfig(
     {
       deviceId: dev.deviceName,

@@ -101,6 +101,26 @@ async function loadAgentConfig(): Promise<AgentConfig | null> {
   return agentConfigFromDevice(r.config, { trustRoot: DEFAULT_TRUST_ROOT, ...(tls ? { tls } : {}) });
 }
 
+/**
+ * Dev-mode MQTT password: 32 random bytes made on the device on first use and kept on the data partition;
+ * the server registers it the first time the device connects (trust on first use) and requires it after.
+ */
+async function devSecret(stateDir: string): Promise<string> {
+  const path = `${stateDir}/mqtt-secret`;
+  try {
+    const s = (await readFile(path, 'utf8')).trim();
+    if (s.length >= 32) return s;
+  } catch {
+    /* created below */
+  }
+  const { randomBytes } = await import('node:crypto');
+  const { mkdir } = await import('node:fs/promises');
+  const secret = randomBytes(32).toString('base64url');
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await writeFile(path, `${secret}\n`, { mode: 0o600 });
+  return secret;
+}
+
 async function main(): Promise<void> {
   const info = ImageInfoSchema.parse(JSON.parse(readFileSync(IMAGE_INFO_PATH, 'utf8')));
   const slot = readSlot();
@@ -157,11 +177,13 @@ async function main(): Promise<void> {
   const tls = config?.tls
     ? { cert: await readFile(config.tls.cert), key: await readFile(config.tls.key), ...(config.tls.ca ? { ca: await readFile(config.tls.ca) } : {}) }
     : undefined;
+  const password = config && !tls ? await devSecret(config.stateDir).catch(() => undefined) : undefined;
   const agent = config
     ? new MqttAgent({
         config,
         log: say,
         ...(tls ? { tls } : {}),
+        ...(password ? { password } : {}),
         statusExtra: async () => ({
           board: info.board,
           version: info.version,

@@ -57,7 +57,8 @@ export interface Limits {
   maxTryAttempts: number;
 }
 
-export const DEFAULT_LIMITS: Limits = { maxSaves: 64, maxTryAttempts: 5 };
+// Three trial boots: one power cut during a try must not reject a release, three failures in a row do.
+export const DEFAULT_LIMITS: Limits = { maxSaves: 64, maxTryAttempts: 3 };
 
 export class StateStore {
   constructor(
