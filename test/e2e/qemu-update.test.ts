@@ -53,7 +53,7 @@ describe('e2e: updates on the emulated board through the real server and broker'
     // The demo app with a shorter health deadline, so a failing release is rolled back within a test step.
     const appDir = join(work, 'app');
     const manifest = JSON.parse(readFileSync('firmware/apps/demo/app.json', 'utf8'));
-    manifest.health.startupDeadlineSeconds = 120;
+    manifest.health.startupDeadlineSeconds = 75;
     manifest.files[0].from = join(process.cwd(), 'firmware/apps/demo/demo-node.mjs');
     await import('node:fs').then((fs) => fs.mkdirSync(appDir, { recursive: true }));
     writeFileSync(join(appDir, 'app.json'), JSON.stringify(manifest));
