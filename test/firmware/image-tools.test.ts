@@ -93,31 +93,38 @@ describe('qemu-virt image checked with real tools', () => {
 });
 
 describe('Raspberry Pi images (layout and contents; booting needs hardware)', () => {
-  it('rpi4: autoboot.txt tryboot A/B, firmware, config.txt and DTBs in each slot', async () => {
+  it('rpi4: Pi 4 firmware -> U-Boot in p1 with the bootcount script; kernel and Pi 4 DTBs in each slot', async () => {
     const { image } = await ensureImage('rpi4');
-    const boot = readFat32((await readPartition(image, 1)).buf);
-    expect(boot.readFile('autoboot.txt').toString()).toBe('[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n');
+    const { buf } = await readPartition(image, 1);
+    fsckPartition(buf, 'rpi4-boot');
+    const boot = readFat32(buf);
+    const names = boot.list().map((e) => e.path);
+    for (const f of ['start4.elf', 'fixup4.dat', 'u-boot.bin', 'config.txt', 'boot.scr', 'uzboot.env', 'bcm2711-rpi-4-b.dtb']) expect(names, f).toContain(f);
+    const config = boot.readFile('config.txt').toString();
+    expect(config).toMatch(/^kernel=u-boot\.bin$/m);
+    expect(config).toMatch(/^arm_64bit=1$/m);
     for (const i of [2, 3]) {
-      const { buf } = await readPartition(image, i);
-      fsckPartition(buf, `rpi4-p${i}`);
-      const fat = readFat32(buf);
-      const names = fat.list().map((e) => e.path);
-      for (const f of ['start4.elf', 'fixup4.dat', 'kernel8.img', 'initrd.img', 'config.txt', 'cmdline.txt', 'bcm2711-rpi-4-b.dtb', 'bcm2711-rpi-400.dtb', 'bcm2711-rpi-cm4-io.dtb']) {
-        expect(names, f).toContain(f);
-      }
-      const config = fat.readFile('config.txt').toString();
-      expect(config).toMatch(/^kernel=kernel8\.img$/m);
-      expect(config).toMatch(/^initramfs initrd\.img followkernel$/m);
-      expect(config).toMatch(/^arm_64bit=1$/m);
-      expect(fat.readFile('cmdline.txt').toString()).toMatch(/console=ttyS1,115200 .*panic=5/);
+      const { buf: slotBuf } = await readPartition(image, i);
+      fsckPartition(slotBuf, `rpi4-p${i}`);
+      const slot = readFat32(slotBuf).list().map((e) => e.path);
+      for (const f of ['Image', 'initrd.img', 'broadcom/bcm2711-rpi-4-b.dtb', 'broadcom/bcm2711-rpi-400.dtb', 'broadcom/bcm2711-rpi-cm4-io.dtb']) expect(slot, f).toContain(f);
     }
   }, 600_000);
 
-  it('rpi5: tryboot layout with kernel_2712.img and the bcm2712 DTB', async () => {
+  it('rpi5: tryboot autoboot.txt, and config.txt, cmdline.txt, kernel_2712.img and the bcm2712 DTB in each slot', async () => {
     const { image } = await ensureImage('rpi5');
-    expect(readFat32((await readPartition(image, 1)).buf).readFile('autoboot.txt').toString()).toContain('boot_partition=2');
-    const names = readFat32((await readPartition(image, 2)).buf).list().map((e) => e.path);
-    for (const f of ['kernel_2712.img', 'initrd.img', 'config.txt', 'bcm2712-rpi-5-b.dtb']) expect(names).toContain(f);
+    expect(readFat32((await readPartition(image, 1)).buf).readFile('autoboot.txt').toString()).toBe('[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n');
+    for (const i of [2, 3]) {
+      const { buf } = await readPartition(image, i);
+      fsckPartition(buf, `rpi5-p${i}`);
+      const fat = readFat32(buf);
+      const names = fat.list().map((e) => e.path);
+      for (const f of ['kernel_2712.img', 'initrd.img', 'config.txt', 'cmdline.txt', 'bcm2712-rpi-5-b.dtb']) expect(names).toContain(f);
+      const config = fat.readFile('config.txt').toString();
+      expect(config).toMatch(/^kernel=kernel_2712\.img$/m);
+      expect(config).toMatch(/^initramfs initrd\.img followkernel$/m);
+      expect(fat.readFile('cmdline.txt').toString()).toMatch(/console=ttyAMA10,115200 .*panic=5/);
+    }
   }, 600_000);
 
   it('rpi3: Pi firmware -> U-Boot in p1 with the bootcount script; kernel and DTBs in the slots', async () => {

@@ -61,7 +61,8 @@ describe('root filesystem tree (merged /usr)', () => {
 describe('boards as data', () => {
   it('ships the five boards, all valid', () => {
     expect(listBoards().map((b) => b.id)).toEqual(['qemu-virt', 'rpi-zero-2w', 'rpi3', 'rpi4', 'rpi5']);
-    expect(getBoard('rpi4').bootControl).toBe('rpi-tryboot');
+    expect(getBoard('rpi5').bootControl).toBe('rpi-tryboot');
+    expect(getBoard('rpi4').bootControl).toBe('uboot-bootcount');
     expect(getBoard('rpi3').bootControl).toBe('uboot-bootcount');
   });
   it('rejects bad board files with a named field', () => {
