@@ -93,6 +93,19 @@ export const ServerConfigSchema = z.strictObject({
   /** root.json of the fleet (default {dataDir}/root.json); uploads are verified against it. */
   trustRoot: z.string().optional(),
   maxBundleBytes: z.number().int().positive().default(8 * 1024 ** 3),
+  /**
+   * TUF repository metadata served at /tuf/ (server/tuf/): `dir` is what `uz repo publish --dir` wrote (its
+   * metadata/ folder, or a folder of N.root.json + snapshot.json + targets.json signed offline). The server
+   * holds ONLY the timestamp key and re-signs timestamp.json every timestampIntervalSec, valid timestampTtlSec.
+   */
+  tuf: z
+    .strictObject({
+      dir: z.string().min(1),
+      timestampKey: z.string().min(1),
+      timestampIntervalSec: z.number().int().positive().default(3600),
+      timestampTtlSec: z.number().int().positive().default(86_400),
+    })
+    .optional(),
   /** Lifetime of signed artifact URLs put in desired state (refreshed when a device reconnects). */
   artifactUrlTtlSec: z.number().int().positive().default(6 * 3600),
   rolloutTickMs: z.number().int().positive().default(500),

@@ -34,6 +34,7 @@ import { metricsPlugin } from './plugins/metrics.js';
 import { openapiRoutes, registerOpenapi } from './plugins/openapi.js';
 import { releasesPlugin } from './plugins/releases.js';
 import { rolloutsPlugin } from './plugins/rollouts.js';
+import { tufPlugin } from './tuf/plugin.js';
 import { RolloutService } from './rollouts.js';
 import { SqliteStorage } from './storage/sqlite.js';
 import type { Storage } from './storage/types.js';
@@ -246,7 +247,7 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
     allowList: (req) => !req.url.startsWith('/api/'),
     errorResponseBuilder: (_req, c) => httpError('RATE_LIMITED', `rate limit of ${c.max} requests per ${c.after} exceeded`),
   });
-  const plugins = [configPlugin, storagePlugin, brokerPlugin, authPlugin, devicesPlugin, enrollmentPlugin, releasesPlugin, artifactsPlugin, rolloutsPlugin, metricsPlugin, dashboardPlugin];
+  const plugins = [configPlugin, storagePlugin, brokerPlugin, authPlugin, devicesPlugin, enrollmentPlugin, releasesPlugin, artifactsPlugin, rolloutsPlugin, metricsPlugin, dashboardPlugin, tufPlugin];
   for (const p of plugins) await app.register(p, { ctx });
   await app.register(openapiRoutes);
 

@@ -32,6 +32,8 @@ const AgentConfigObject = z
     stateDir: Path.default('/data/uz'),
     /** How bundles are fetched: HTTP Range (default) or MQTT blocks for broker-only networks. */
     transport: z.enum(['http', 'mqtt']).default('http'),
+    /** TUF metadata base URL (e.g. https://updates.example/tuf): follow root rotations and check freshness before installing. */
+    tufUrl: z.url().refine((u) => /^https?:/.test(u), 'must be http(s)').optional(),
     keepaliveSeconds: z.number().int().min(5).max(1200).default(30),
     /** Seconds a trial boot has to become healthy (overrides the app manifest's startupDeadlineSeconds). */
     healthDeadlineSeconds: z.number().int().min(5).max(3600).optional(),

@@ -62,6 +62,12 @@ export interface EngineDeps {
   limits?: Limits;
   backoff?: BackoffPolicy;
   syncEveryBytes?: number;
+  /**
+   * TUF (agent config `tufUrl`; absent = only the provisioned root): returns the newest trusted root before a
+   * bundle is verified — online (follow root rotations, check timestamp/snapshot/targets freshness) before a
+   * download, offline (persisted root) when the stored header is re-verified. See updater/trust/refresh.ts.
+   */
+  refreshTrust?: (release: ReleaseRef, mode: { offline: boolean }) => Promise<RootMetadata>;
 }
 
 type Patch = Partial<Omit<StateRecord, 'state' | 'update'>> & { update?: UpdateInfo | null };
@@ -287,6 +293,7 @@ export class UpdateEngine {
   private async act(state: State, u: UpdateInfo, signal: AbortSignal): Promise<Step> {
     try {
       if (signal.aborted) return { event: 'cancel' };
+      if (this.d.refreshTrust && (state === 'downloading' || state === 'installing')) this.d.trust.root = await this.d.refreshTrust(u.release, { offline: state === 'installing' });
       switch (state) {
         case 'checking':
           return await this.check(u);
