@@ -9,6 +9,8 @@ import { createServer } from '../server/index.js';
 import { loadConfig } from '../server/config.js';
 import { FleetSim } from '../server/sim.js';
 import { api, type RolloutStatusJson } from '../server/cli.js';
+import { provisionImage } from '../firmware/provision/image.js';
+import { QEMU_HOST_ALIAS } from '../firmware/qemu.js';
 import { info, stepReporter } from '../lib/output.js';
 
 /**
@@ -47,13 +49,17 @@ export function registerStartCommand(program: Command): void {
       const v2 = await buildImage({ board: 'qemu-virt', app: 'demo', version: '1.1.0', outDir: join(out, 'images'), sign: { keysDir, rollbackCounter: 2 } });
 
       step('starting the update server (embedded MQTT broker and database)');
+      const withBoard = o.qemu && qemuAvailable();
+      // The emulated board reaches the host only at QEMU_HOST_ALIAS, so bundle URLs point there when it runs;
+      // the simulated devices then simulate their downloads.
+      const publicUrl = withBoard ? `http://${QEMU_HOST_ALIAS}:${o.httpPort}` : undefined;
       const config = loadConfig({
-        flags: { dataDir: join(out, 'uz-server'), trustRoot: join(keysDir, 'root.json'), http: { port: o.httpPort }, mqtt: { port: o.mqttPort }, logLevel: 'warn' },
+        flags: { dataDir: join(out, 'uz-server'), trustRoot: join(keysDir, 'root.json'), http: { port: o.httpPort, ...(publicUrl ? { publicUrl } : {}) }, mqtt: { port: o.mqttPort }, logLevel: 'warn' },
       });
       const server = await createServer(config);
       const urls = await server.start();
       const token = readFileSync(join(config.dataDir, 'admin.token'), 'utf8').trim();
-      const client = { server: urls.http, token };
+      const client = { server: `http://127.0.0.1:${o.httpPort}`, token };
 
       step('publishing the releases');
       const publish = async (bundle: string, channel?: string) =>
@@ -64,15 +70,25 @@ export function registerStartCommand(program: Command): void {
       await publish(v1.bundle!);
       const r2 = await publish(v2.bundle!, 'stable');
 
-      step(`starting ${o.devices} simulated devices${o.qemu && qemuAvailable() ? ' and the emulated board' : ''}`);
-      const fleet = new FleetSim({ url: urls.mqtt, devices: o.devices, board: 'qemu-virt', version: '1.0.0', failHealthPct: o.failHealth, stepMs: 300 });
+      step(`starting ${o.devices} simulated devices${withBoard ? ' and the emulated board' : ''}`);
+      const fleet = new FleetSim({ url: urls.mqtt, devices: o.devices, board: 'qemu-virt', version: '1.0.0', failHealthPct: o.failHealth, stepMs: 300, download: withBoard ? 'none' : 'range' });
       await fleet.start();
       const ac = new AbortController();
       let qemu: Promise<unknown> = Promise.resolve();
-      if (o.qemu && qemuAvailable()) {
+      if (withBoard) {
         const disk = join(out, 'images', 'qemu-virt-board.img');
         copyFileSync(v1.image, disk);
-        qemu = runQemu({ image: disk, signal: ac.signal, timeoutMs: 30 * 86400_000, onLine: (l) => l.startsWith('UZ-') && info(`  [board] ${l}`) });
+        await provisionImage({
+          image: disk,
+          config: { formatVersion: 1, deviceName: 'qemu-board-01', server: { httpUrl: `http://${QEMU_HOST_ALIAS}:${o.httpPort}`, mqttUrl: `mqtt://${QEMU_HOST_ALIAS}:${o.mqttPort}` } },
+        });
+        qemu = runQemu({
+          image: disk,
+          signal: ac.signal,
+          timeoutMs: 30 * 86400_000,
+          forwards: [{ guestPort: o.httpPort, hostPort: o.httpPort }, { guestPort: o.mqttPort, hostPort: o.mqttPort }],
+          onLine: (l) => l.startsWith('UZ-') && info(`  [board] ${l}`),
+        });
       } else if (o.qemu) {
         info('  (qemu-system-aarch64 not found: apt-get install qemu-system-arm to add the emulated board)');
       }
