@@ -28,7 +28,7 @@ export interface AgentDeps {
   statusExtra: () => Promise<StatusExtra>;
   log: (line: string) => void;
   /** PEM contents (read by the caller from config.tls paths). */
-  tls?: { ca?: Buffer | string | Array<Buffer | string>; cert?: Buffer; key?: Buffer };
+  tls?: { ca?: Buffer | string | string[]; cert?: Buffer; key?: Buffer };
   /**
    * Dev mode without a client certificate: username = device id, password = a per-device secret the device
    * generated itself (see devSecret in updater/device/main.ts); the server registers it on first use (TOFU).

@@ -17,8 +17,8 @@
  * Console lines (docs/troubleshooting.md): `UZ-ENROLL requested|pending|rejected|failed|enrolled code=…`. The
  * token and the key are never logged; neither are server messages verbatim beyond their code.
  */
-import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
+import { readFile, rename, stat } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { rootCertificates } from 'node:tls';
 import { join } from 'node:path';
@@ -32,6 +32,12 @@ import { backoffDelay, sleep } from './state/retry.js';
 
 export const DEVICE_CERT_FILE = 'device.crt';
 export const FLEET_CA_FILE = 'ca.crt';
+/** {v, deviceId, tokenSha256, serial, enrolledAt}: which token the certificate was obtained with. */
+export const ENROLLMENT_RECORD = 'enrollment.json';
+/** A renewal (new token on the card) makes its new key here; it replaces the old one only with a certificate. */
+const RENEW_DIR = 'next';
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
 export interface TlsPaths {
   cert: string;
@@ -75,9 +81,10 @@ function clip(s: string, n = 160): string {
 
 /**
  * The certificate already on the data partition, if it is usable: readable, for this device id, matching the
- * key next to it and not expired. Anything else means "enroll (again)"; the key is reused by the CSR step.
+ * key next to it and not expired, and — when `token` is given — obtained with that token (a NEW token on the
+ * card is how an operator makes a device enroll again, e.g. after a revocation). Anything else: enroll.
  */
-export async function existingEnrollment(tlsDir: string, deviceId: string, now = Date.now()): Promise<TlsPaths | null> {
+export async function existingEnrollment(tlsDir: string, deviceId: string, o: { token?: string; now?: number } = {}): Promise<TlsPaths | null> {
   const cert = join(tlsDir, DEVICE_CERT_FILE);
   const key = join(tlsDir, DEVICE_KEY_FILE);
   const ca = join(tlsDir, FLEET_CA_FILE);
@@ -85,12 +92,28 @@ export async function existingEnrollment(tlsDir: string, deviceId: string, now =
     const x = new X509Certificate(await readFile(cert));
     if (deviceIdFromCertificate(x) !== deviceId) return null;
     if (!x.checkPrivateKey(createPrivateKey(await readFile(key)))) return null;
-    if (Date.parse(x.validTo) <= now) return null;
+    if (Date.parse(x.validTo) <= (o.now ?? Date.now())) return null;
+    if (o.token !== undefined) {
+      const rec = await readFile(join(tlsDir, ENROLLMENT_RECORD), 'utf8').then((t) => JSON.parse(t) as { tokenSha256?: unknown }, () => null);
+      if (rec && rec.tokenSha256 !== sha256(o.token)) return null;
+    }
     const hasCa = await stat(ca).then((s) => s.isFile(), () => false);
     return { cert, key, ...(hasCa ? { ca } : {}) };
   } catch {
     return null;
   }
+}
+
+/**
+ * PEM material for the agent's TLS options. `systemRoots`: the CA file is the fleet CA stored at enrollment
+ * (no CA was provisioned, so the broker was trusted through the system roots): trust both.
+ */
+export async function loadTlsMaterial(t: { cert: string; key: string; ca?: string }, o: { systemRoots?: boolean } = {}): Promise<{ cert: Buffer; key: Buffer; ca?: Buffer | string[] }> {
+  const cert = await readFile(t.cert);
+  const key = await readFile(t.key);
+  const ca = t.ca ? await readFile(t.ca).catch(() => undefined) : undefined;
+  if (!ca) return { cert, key };
+  return { cert, key, ca: o.systemRoots ? [...rootCertificates, ca.toString('utf8')] : ca };
 }
 
 /** Checks an issued certificate against our key, our id and the fleet CA before it is stored. */
@@ -232,12 +255,16 @@ const DECIDED = new Set(['ENROLL_REJECTED', 'ENROLL_TOKEN_INVALID', 'ENROLL_REFU
  * Safe to interrupt at any point: the key is reused and the certificate is written atomically.
  */
 export async function enrollDevice(o: EnrollOptions): Promise<TlsPaths | null> {
-  const have = await existingEnrollment(o.tlsDir, o.deviceId);
+  const have = await existingEnrollment(o.tlsDir, o.deviceId, { token: o.token });
   if (have) return have;
-  const csr = await createDeviceKeyAndCsr(o.deviceId, o.tlsDir, o.keyBits ? { bits: o.keyBits } : {});
+  // A certificate is there but not usable (new token, other name, expired): renew with a NEW key, made beside
+  // the old one; the old key and certificate stay in place until the new certificate has arrived.
+  const renew = await stat(join(o.tlsDir, DEVICE_CERT_FILE)).then(() => true, () => false);
+  const keyDir = renew ? join(o.tlsDir, RENEW_DIR) : o.tlsDir;
+  const csr = await createDeviceKeyAndCsr(o.deviceId, keyDir, o.keyBits ? { bits: o.keyBits } : {});
   const keyPem = await readFile(csr.keyPath, 'utf8');
   const via = o.brokerUrl.replace(/^tls:/, 'mqtts:').split('://')[0];
-  o.log(`UZ-ENROLL requested device=${o.deviceId} key=${csr.created ? 'new' : 'existing'} via=${via}${o.serverUrl.startsWith('https:') ? '+https' : ''}`);
+  o.log(`UZ-ENROLL requested device=${o.deviceId} key=${csr.created ? 'new' : 'existing'}${renew ? ' renew=true' : ''} via=${via}${o.serverUrl.startsWith('https:') ? '+https' : ''}`);
   const retry = o.retry ?? { baseMs: 2000, capMs: 60_000 };
   let attempt = 0;
   let slow = 0;
@@ -248,10 +275,17 @@ export async function enrollDevice(o: EnrollOptions): Promise<TlsPaths | null> {
     if (a.ok) {
       const bad = checkIssued(a.certPem, a.caPem, keyPem, o.deviceId);
       if (!bad) {
-        const paths = { cert: join(o.tlsDir, DEVICE_CERT_FILE), key: csr.keyPath, ca: join(o.tlsDir, FLEET_CA_FILE) };
-        await writeFileDurable(paths.ca, a.caPem);
-        await writeFileDurable(paths.cert, a.certPem);
+        const paths = { cert: join(o.tlsDir, DEVICE_CERT_FILE), key: join(o.tlsDir, DEVICE_KEY_FILE), ca: join(o.tlsDir, FLEET_CA_FILE) };
         const x = new X509Certificate(a.certPem);
+        await writeFileDurable(paths.ca, a.caPem);
+        if (renew) {
+          // Key first, then certificate: a cut in between leaves a mismatch, which the next boot re-enrolls.
+          await writeFileDurable(join(keyDir, DEVICE_CERT_FILE), a.certPem);
+          await rename(csr.keyPath, paths.key);
+          await rename(join(keyDir, DEVICE_CERT_FILE), paths.cert);
+        } else await writeFileDurable(paths.cert, a.certPem);
+        const record = { v: 1, deviceId: o.deviceId, tokenSha256: sha256(o.token), serial: x.serialNumber.toLowerCase(), enrolledAt: new Date().toISOString() };
+        await writeFileDurable(join(o.tlsDir, ENROLLMENT_RECORD), `${JSON.stringify(record)}\n`);
         o.log(`UZ-ENROLL enrolled device=${o.deviceId} serial=${x.serialNumber.toLowerCase()} not_after=${new Date(x.validTo).toISOString()} via=${a.via}`);
         return paths;
       }

@@ -66,6 +66,8 @@ export interface BootConfig {
   enroll?: EnrollPlan;
   /** The provisioned device (valid or remembered) the config was derived from. */
   device?: ProvisionedDevice;
+  /** No CA was provisioned: trust the system roots plus the fleet CA stored at enrollment. */
+  systemRoots?: boolean;
 }
 
 const LastGood = z
@@ -100,20 +102,22 @@ const isTlsBroker = (url: string) => /^(mqtts|tls):/.test(url);
  * The agent config for a provisioned device: TLS with the enrolled certificate when there is one, and an
  * enrollment plan when a token is provisioned for a TLS broker and no usable certificate exists yet.
  */
-async function fromDevice(dev: ProvisionedDevice, token: string | undefined, p: BootConfigPaths, say: (l: string) => void): Promise<Pick<BootConfig, 'config' | 'enroll'>> {
+async function fromDevice(dev: ProvisionedDevice, token: string | undefined, p: BootConfigPaths, say: (l: string) => void): Promise<Pick<BootConfig, 'config' | 'enroll' | 'systemRoots'>> {
   let ca: string | undefined;
   if (dev.server.caCert) {
     ca = join(p.runDir, 'fleet-ca.crt');
     await mkdir(p.runDir, { recursive: true });
     await writeFile(ca, dev.server.caCert, { mode: 0o644 });
   }
-  const enrolled: TlsPaths | null = isTlsBroker(dev.server.mqttUrl) ? await existingEnrollment(p.tlsDir, dev.deviceName) : null;
+  const enrolled: TlsPaths | null = isTlsBroker(dev.server.mqttUrl) ? await existingEnrollment(p.tlsDir, dev.deviceName, token ? { token } : {}) : null;
   const certFiles = (t: TlsPaths) => ({ cert: t.cert, key: t.key, ...(ca ? { ca } : t.ca ? { ca: t.ca } : {}) });
-  if (enrolled) return { config: agentConfigFromDevice(dev, { trustRoot: p.trustRoot, tls: certFiles(enrolled) }) };
+  const systemRoots = ca ? {} : { systemRoots: true };
+  if (enrolled) return { config: agentConfigFromDevice(dev, { trustRoot: p.trustRoot, tls: certFiles(enrolled) }), ...systemRoots };
   if (token && isTlsBroker(dev.server.mqttUrl)) {
     const planned: TlsPaths = { cert: join(p.tlsDir, 'device.crt'), key: join(p.tlsDir, 'device.key'), ca: join(p.tlsDir, 'ca.crt') };
     return {
       config: agentConfigFromDevice(dev, { trustRoot: p.trustRoot, tls: certFiles(planned) }),
+      ...systemRoots,
       enroll: { deviceId: dev.deviceName, token, brokerUrl: dev.server.mqttUrl, serverUrl: dev.server.httpUrl, tlsDir: p.tlsDir, ...(dev.server.caCert ? { caPem: dev.server.caCert } : {}) },
     };
   }

@@ -7,12 +7,13 @@
  *     (a trial boot is committed at that moment);
  *   - a trial boot that is not healthy within the deadline is marked bad and rebooted, so the bootloader
  *     returns to the previous slot (also for a trial armed by hand, as the QEMU bootcount test does).
- * Without an agent config (no /data/uz/agent.json nor /etc/uz/agent.json) it still runs the workload, the
- * recovery and the good/bad marking; it just does not talk to a broker.
+ * Without an agent config (no /data/uz/agent.json nor /etc/uz/agent.json, no valid or remembered uz-device.json:
+ * see boot-config.ts) it still runs the workload, the recovery and the good/bad marking; it just does not talk
+ * to a broker. A card provisioned with an enroll token first enrolls (updater/enroll.ts) in the background,
+ * then connects with its new certificate; the workload and the boot marking never wait for it.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { DEVICE_CONFIG_FILE, deviceConfigConsoleLine, loadDeviceConfig } from '../../firmware/provision/config.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ImageInfoSchema, IMAGE_INFO_PATH } from './image-info.js';
@@ -24,7 +25,10 @@ import type { BootControl, Slot } from '../bootctl/types.js';
 import { loadTrustedRoot } from '../../firmware/trust/io.js';
 import type { RootMetadata } from '../../firmware/trust/root.js';
 import { MqttAgent } from '../agent.js';
-import { agentConfigFromDevice, loadConfig, type AgentConfig } from '../config.js';
+import type { AgentConfig } from '../config.js';
+import { enrollDevice, loadTlsMaterial } from '../enroll.js';
+import { DEVICE_PATHS, resolveBootConfig } from './boot-config.js';
+import { sleep } from '../state/retry.js';
 import { UpdateEngine, type EngineNotice, type HealthVerdict } from '../engine.js';
 import { nodeStorage } from '../io/storage.js';
 import { slotPathsFromBootPartition } from '../install/slots.js';
@@ -34,10 +38,8 @@ import { UzError } from '../../lib/errors.js';
 const run = promisify(execFile);
 const say = (line: string) => process.stdout.write(`${line}\n`);
 
-/** Per-device config on the data partition wins over the one baked into the image. */
-export const CONFIG_PATHS = ['/data/uz/agent.json', '/etc/uz/agent.json'];
 /** The trust root the builder embeds (firmware/build.ts TRUST_ROOT_PATH), used when the config names none. */
-export const DEFAULT_TRUST_ROOT = '/etc/uz/trust/root.json';
+export const DEFAULT_TRUST_ROOT = DEVICE_PATHS.trustRoot;
 
 /** The board's device-tree compatible string (first entry), matched against a bundle's hardwareIds. */
 function deviceHardwareId(): string | undefined {
@@ -79,28 +81,6 @@ function bootControlFor(scheme: string, slot: Slot): BootControl {
   return new RpiTrybootControl({ dir: BOOT_MOUNT, withWritable: withWritableBoot, reboot: (tryboot) => run('reboot', tryboot ? ['0 tryboot'] : []).then(() => {}) });
 }
 
-/** Client certificate and key written by enrollment (docs/provisioning.md). */
-const TLS_DIR = '/data/uz/tls';
-
-async function loadAgentConfig(): Promise<AgentConfig | null> {
-  for (const p of CONFIG_PATHS) if (existsSync(p)) return loadConfig(p);
-  // A card provisioned with `uz provision`: derive the agent config from uz-device.json in p1.
-  const r = await loadDeviceConfig(`${BOOT_MOUNT}/${DEVICE_CONFIG_FILE}`);
-  if (!r.ok) {
-    if (r.code !== 'DEVICE_CONFIG_MISSING') say(deviceConfigConsoleLine(r));
-    return null;
-  }
-  let ca: string | undefined;
-  if (r.config.server.caCert) {
-    ca = '/run/uz/fleet-ca.crt';
-    await writeFile(ca, r.config.server.caCert, { mode: 0o644 });
-  }
-  const cert = `${TLS_DIR}/device.crt`;
-  const key = `${TLS_DIR}/device.key`;
-  const tls = existsSync(cert) && existsSync(key) ? { cert, key, ...(ca ? { ca } : {}) } : undefined;
-  return agentConfigFromDevice(r.config, { trustRoot: DEFAULT_TRUST_ROOT, ...(tls ? { tls } : {}) });
-}
-
 /**
  * Dev-mode MQTT password: 32 random bytes made on the device on first use and kept on the data partition;
  * the server registers it the first time the device connects (trust on first use) and requires it after.
@@ -138,10 +118,10 @@ async function main(): Promise<void> {
   process.on('SIGINT', stop);
 
   let last: HealthResult = { ok: false, detail: 'not probed yet' };
-  const config = await loadAgentConfig().catch((e: unknown) => {
-    say(`UZ-ERROR code=${e instanceof UzError ? e.code : 'CONFIG_INVALID'} detail=${JSON.stringify((e as Error).message)}`);
-    return null;
-  });
+  /** The MQTT agent, once there is one (declared here: keepProbing() may run before it exists). */
+  let agent: MqttAgent | null = null;
+  const boot = await resolveBootConfig(DEVICE_PATHS, say);
+  const config = boot.config;
   const deadlineMs = (config?.healthDeadlineSeconds ?? app.health.startupDeadlineSeconds) * 1000;
   const startedAt = Date.now();
   /** Resolves as soon as the workload is healthy, or not healthy when the start-up deadline has passed. */
@@ -174,30 +154,37 @@ async function main(): Promise<void> {
   }
   const slots = slotPathsFromBootPartition(await readFile('/run/uz/bootpart', 'utf8').catch(() => '/dev/vda1'));
 
-  const tls = config?.tls
-    ? { cert: await readFile(config.tls.cert), key: await readFile(config.tls.key), ...(config.tls.ca ? { ca: await readFile(config.tls.ca) } : {}) }
-    : undefined;
-  const password = config && !tls ? await devSecret(config.stateDir).catch(() => undefined) : undefined;
-  const agent = config
-    ? new MqttAgent({
-        config,
-        log: say,
-        ...(tls ? { tls } : {}),
-        ...(password ? { password } : {}),
-        statusExtra: async () => ({
-          board: info.board,
-          version: info.version,
-          workload: { name: app.name, version: app.version ?? info.version, healthy: last.ok, detail: last.detail.slice(0, 500), restarts: sup.restarts, ...(last.height !== undefined ? { height: last.height } : {}) },
-          bootControl: await bootctl.read(),
-        }),
-      })
-    : null;
+  const makeAgent = async (c: AgentConfig): Promise<MqttAgent> => {
+    const tls = c.tls ? await loadTlsMaterial(c.tls, { systemRoots: boot.systemRoots === true }) : undefined;
+    const password = !tls ? await devSecret(c.stateDir).catch(() => undefined) : undefined;
+    return new MqttAgent({
+      config: c,
+      log: say,
+      ...(tls ? { tls } : {}),
+      ...(password ? { password } : {}),
+      statusExtra: async () => ({
+        board: info.board,
+        version: info.version,
+        workload: { name: app.name, version: app.version ?? info.version, healthy: last.ok, detail: last.detail.slice(0, 500), restarts: sup.restarts, ...(last.height !== undefined ? { height: last.height } : {}) },
+        bootControl: await bootctl.read(),
+        ...(boot.configError ? { lastError: boot.configError } : {}),
+      }),
+    });
+  };
+  // Enrolling devices get their agent once the certificate is stored (below); the engine asks `agent` lazily.
+  if (config && !boot.enroll) {
+    agent = await makeAgent(config).catch((e: unknown) => {
+      say(`UZ-ERROR code=${e instanceof UzError ? e.code : 'TLS_MATERIAL'} detail=${JSON.stringify((e as Error).message.slice(0, 300))}`);
+      return null;
+    });
+  }
 
   const notify = (n: EngineNotice) => {
     agent?.notify(n);
     switch (n.kind) {
       case 'ready':
         say(`UZ-READY slot=${n.slot} version=${n.version}`);
+        void agent?.publishStatus(); // healthy now: the retained status must not keep saying otherwise
         break;
       case 'phase':
         say(`UZ-UPDATE txid=${n.event.txid} phase=${n.event.phase} version=${n.event.version}${n.event.error ? ` code=${n.event.error.code}` : ''}`);
@@ -232,6 +219,26 @@ async function main(): Promise<void> {
   });
   agent?.start();
   if (agent) agent.attach(engine);
+  if (config && boot.enroll) {
+    const plan = boot.enroll;
+    void (async () => {
+      // Keeps trying: a pending approval, a rejection an operator may undo, or a server that is not there yet.
+      for (;;) {
+        try {
+          const paths = await enrollDevice({ ...plan, log: say });
+          if (!paths) return;
+          const a = await makeAgent(config);
+          agent = a;
+          a.start();
+          a.attach(engine);
+          return;
+        } catch (e) {
+          say(`UZ-ENROLL failed code=${e instanceof UzError ? e.code : 'ENROLL_ERROR'} detail=${JSON.stringify((e as Error).message.slice(0, 200))} retry_in_ms=300000`);
+          await sleep(300_000);
+        }
+      }
+    })();
+  }
   try {
     await engine.start();
   } catch (e) {
@@ -249,7 +256,9 @@ async function main(): Promise<void> {
   async function keepProbing(): Promise<void> {
     for (;;) {
       await new Promise((r) => setTimeout(r, app.health.intervalSeconds * 1000));
+      const was = last.ok;
       last = await probeHealth(app.health.check);
+      if (last.ok !== was) void agent?.publishStatus();
     }
   }
 }

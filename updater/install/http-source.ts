@@ -15,7 +15,7 @@ export interface HttpSourceOptions {
   idleTimeoutMs?: number;
   /** Slowest acceptable average rate per request (bytes/s); with a 60 s grace. */
   minBytesPerSecond?: number;
-  tls?: { ca?: string | Buffer | Array<string | Buffer>; cert?: string | Buffer; key?: string | Buffer };
+  tls?: { ca?: string | Buffer | string[]; cert?: string | Buffer; key?: string | Buffer };
 }
 
 function statusError(status: number, url: string): UzError {
