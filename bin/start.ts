@@ -93,6 +93,14 @@ export function registerStartCommand(program: Command): void {
         info('  (qemu-system-aarch64 not found: apt-get install qemu-system-arm to add the emulated board)');
       }
 
+      if (withBoard) {
+        info('  waiting for the emulated board to boot and connect (about a minute under emulation)');
+        for (let i = 0; i < 240; i++) {
+          const d = await api<{ devices: Array<{ id: string; online: boolean }> }>(client, 'GET', '/api/v1/devices');
+          if (d.devices.some((x) => x.id === 'qemu-board-01' && x.online)) break;
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
       step('staged rollout of 1.1.0 to channel stable: 10% -> 50% -> 100%');
       const ro = await api<{ rollout: { id: string } }>(client, 'POST', '/api/v1/rollouts', {
         releaseId: r2.release.id,

@@ -123,7 +123,8 @@ export async function runQemu(o: QemuRunOptions): Promise<QemuRunResult> {
       child.kill('SIGKILL');
       resolve({ ...r, lines, seconds: (Date.now() - started) / 1000 });
     };
-    const timer = setTimeout(() => finish({ ok: false, reason: 'timeout' }), o.timeoutMs ?? 300_000);
+    // setTimeout fires at once for delays above 2^31-1 ms (~24.8 days): clamp long runs.
+    const timer = setTimeout(() => finish({ ok: false, reason: 'timeout' }), Math.min(o.timeoutMs ?? 300_000, 2 ** 31 - 1));
     o.signal?.addEventListener('abort', () => finish({ ok: false, reason: 'aborted' }));
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));

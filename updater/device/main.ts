@@ -34,6 +34,12 @@ import { nodeStorage } from '../io/storage.js';
 import { slotPathsFromBootPartition } from '../install/slots.js';
 import type { RangeSource } from '../install/source.js';
 import { UzError } from '../../lib/errors.js';
+import { ClockKeeper } from '../clock.js';
+import { judge, measureData } from '../workload/data-guard.js';
+import { LogPersister } from '../workload/log-persist.js';
+import { httpTufFetch, tufTrustRefresher } from '../trust/refresh.js';
+import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 
 const run = promisify(execFile);
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -107,9 +113,18 @@ async function main(): Promise<void> {
   const app = info.app;
   say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${info.version} app=${app.name}`);
 
-  const sup = new Supervisor(app, (line) => say(`[${app.name}] ${line}`));
-  sup.on('exited', (code, signal, wait) => say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`));
+  // The workload's output: to the console, and sparingly (every 10 min, and when it exits) to the data partition.
+  const logs = new LogPersister(`/data/uz/logs/${app.name}.log`);
+  const sup = new Supervisor(app, (line) => {
+    say(`[${app.name}] ${line}`);
+    logs.push(line);
+  });
+  sup.on('exited', (code, signal, wait) => {
+    say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`);
+    void logs.flush().catch(() => {});
+  });
   sup.start();
+  logs.start();
   const stop = async () => {
     await sup.stop();
     process.exit(0);
@@ -122,6 +137,42 @@ async function main(): Promise<void> {
   let agent: MqttAgent | null = null;
   const boot = await resolveBootConfig(DEVICE_PATHS, say);
   const config = boot.config;
+  const stateDir = config?.stateDir ?? '/data/uz';
+  await mkdir(stateDir, { recursive: true }).catch(() => {});
+
+  // No RTC on a Pi: never behind the last time this board saw, then SNTP against the provisioned servers.
+  const ntp = (boot.device as { ntpServers?: string[] } | undefined)?.ntpServers ?? [];
+  const clock = new ClockKeeper({ servers: (ntp.length ? ntp : ['pool.ntp.org']).map((host) => ({ host })), stateFile: join(stateDir, 'clock.json'), log: say });
+  await clock.restoreLastSeen().catch(() => false);
+  setInterval(() => void clock.saveLastSeen().catch(() => {}), 5 * 60_000).unref();
+  const syncClock = () => void clock.sync().then(() => clock.saveLastSeen()).catch(() => {});
+  setTimeout(syncClock, 5_000).unref();
+  setInterval(syncClock, 3600_000).unref();
+
+  // Disk-full protection and the data quota: stop the workload before the partition fills, resume with room.
+  let dataUsage: { freeBytes: number; usedBytes: number; quotaBytes?: number } | undefined;
+  let dataError: { code: string; message: string } | undefined;
+  let stoppedForData = false;
+  const guardData = async () => {
+    const usage = await measureData('/data', app.dataDir, app.quota?.maxBytes);
+    dataUsage = usage;
+    const v = judge(usage, { minFreeBytes: app.minFreeBytes, ...(app.quota ? { quotaBytes: app.quota.maxBytes } : {}) }, stoppedForData);
+    if (!v.ok && !stoppedForData) {
+      stoppedForData = true;
+      dataError = { code: v.code, message: v.detail };
+      say(`UZ-ERROR code=${v.code} detail=${JSON.stringify(v.detail)} workload-stopped`);
+      await sup.stop();
+      void agent?.publishStatus();
+    } else if (v.ok && stoppedForData) {
+      stoppedForData = false;
+      dataError = undefined;
+      say('UZ-DATA space-recovered workload-restarted');
+      sup.start();
+      void agent?.publishStatus();
+    }
+  };
+  setInterval(() => void guardData().catch(() => {}), 60_000).unref();
+  void guardData().catch(() => {});
   const deadlineMs = (config?.healthDeadlineSeconds ?? app.health.startupDeadlineSeconds) * 1000;
   const startedAt = Date.now();
   /** Resolves as soon as the workload is healthy, or not healthy when the start-up deadline has passed. */
@@ -167,7 +218,8 @@ async function main(): Promise<void> {
         version: info.version,
         workload: { name: app.name, version: app.version ?? info.version, healthy: last.ok, detail: last.detail.slice(0, 500), restarts: sup.restarts, ...(last.height !== undefined ? { height: last.height } : {}) },
         bootControl: await bootctl.read(),
-        ...(boot.configError ? { lastError: boot.configError } : {}),
+        ...(dataUsage ? { data: dataUsage } : {}),
+        ...(dataError ? { lastError: dataError } : boot.configError ? { lastError: boot.configError } : {}),
       }),
     });
   };
@@ -213,6 +265,10 @@ async function main(): Promise<void> {
     // Without a trusted root nothing verifies: every release is refused (fail closed).
     trust: { root, board: info.board, ...(hwid ? { hardwareId: hwid } : {}) },
     running: { version: info.version, rollbackCounter: info.rollbackCounter ?? 0 },
+    // With a TUF repository configured, follow root rotations and check timestamp/snapshot/targets first.
+    ...(config?.tufUrl && root
+      ? { refreshTrust: tufTrustRefresher({ storage: nodeStorage, dir: join(config.stateDir, 'trust'), fetch: httpTufFetch(config.tufUrl), embedded: root, log: say }) }
+      : {}),
     sourceFor: (r) => (agent ? agent.sourceFor(r) : noSource()),
     waitHealthy,
     notify,
