@@ -80,22 +80,23 @@ describe('kill -9', () => {
       if (!r.ok) throw new Error(`${method} ${path}: ${JSON.stringify(j)}`);
       return j;
     };
-    const sim = new FleetSim({ url: `mqtt://127.0.0.1:${mqttPort}`, devices: 100, stepMs: 150, download: 'none', prefix: 'crash', seed: 'crash' });
+    const N = 500; // the size the issue names for the kill -9 test
+    const sim = new FleetSim({ url: `mqtt://127.0.0.1:${mqttPort}`, devices: N, stepMs: 150, download: 'none', prefix: 'crash', seed: 'crash' });
     try {
       await sim.start();
       await call('POST', '/api/v1/releases?channel=stable', undefined, readFileSync(await makeBundle(tmp(), [keys.release], { version: '2.0.0' })));
       const t0 = Date.now();
-      while ((await call('GET', '/api/v1/devices')).devices.filter((d: { status: unknown }) => d.status).length < 100) {
-        if (Date.now() - t0 > 20_000) throw new Error('devices did not report');
+      while ((await call('GET', '/api/v1/devices')).devices.filter((d: { status: unknown }) => d.status).length < N) {
+        if (Date.now() - t0 > 60_000) throw new Error('devices did not report');
         await sleep(100);
       }
-      const created = await call('POST', '/api/v1/rollouts', { channel: 'stable', stages: ['10%', '100%'], maxInFlight: 20, minDevices: 5, timeoutSec: 60, retries: 1 });
+      const created = await call('POST', '/api/v1/rollouts', { channel: 'stable', stages: ['10%', '100%'], maxInFlight: 100, minDevices: 5, timeoutSec: 60, retries: 1 });
       const id = created.rollout.id as string;
       // kill while devices are mid-update in the second stage
       for (;;) {
         const st = await call('GET', `/api/v1/rollouts/${id}`);
-        if (st.totals.succeeded >= 30 && st.totals.dispatched > 0) break;
-        if (Date.now() - t0 > 60_000) throw new Error('rollout did not progress');
+        if (st.totals.succeeded >= 150 && st.totals.dispatched > 0) break;
+        if (Date.now() - t0 > 120_000) throw new Error('rollout did not progress');
         await sleep(50);
       }
       server.kill('SIGKILL');
@@ -106,13 +107,13 @@ describe('kill -9', () => {
       for (;;) {
         final = await call('GET', `/api/v1/rollouts/${id}`);
         if (final.rollout.state !== 'running') break;
-        if (Date.now() - t0 > 120_000) throw new Error(`rollout did not complete: ${JSON.stringify(final.totals)}`);
+        if (Date.now() - t0 > 240_000) throw new Error(`rollout did not complete: ${JSON.stringify(final.totals)}`);
         await sleep(200);
       }
       expect(final.rollout.state).toBe('completed');
-      expect(final.totals).toMatchObject({ total: 100, succeeded: 100, failed: 0, pending: 0, dispatched: 0 });
+      expect(final.totals).toMatchObject({ total: N, succeeded: N, failed: 0, pending: 0, dispatched: 0 });
       const members = (await call('GET', `/api/v1/rollouts/${id}/devices`)).devices as { attempts: number; deviceId: string }[];
-      expect(members).toHaveLength(100);
+      expect(members).toHaveLength(N);
       expect(members.filter((m) => m.attempts !== 1)).toEqual([]); // dispatched exactly once each
       for (const d of sim.devices) {
         expect(d.version, d.id).toBe('2.0.0');
@@ -125,5 +126,5 @@ describe('kill -9', () => {
       server.kill('SIGTERM');
       await new Promise((r) => (server.exitCode !== null ? r(null) : server.once('exit', r)));
     }
-  }, 150_000);
+  }, 300_000);
 });
