@@ -93,9 +93,10 @@ export class UbootEnvBootControl implements BootControl {
   async armTry(slot: Slot): Promise<void> {
     const s = await this.state();
     const other = otherSlot(slot);
-    // The fallback keeps at least one attempt, or a failed try would end in a counter reset that boots the
-    // try slot again (boot.scr resets both counters when none is left, keeping the order).
-    await this.write({ order: [slot, other], left: { [slot]: 1, [other]: Math.max(s.left[other], 1) } as Record<Slot, number>, tryArmed: slot }, s);
+    // The fallback is the slot we are running on, so it is proven bootable: it gets its full attempts back.
+    // Keeping only what was left would let repeated failed tries drain it to 0, and then boot.scr's counter
+    // reset would boot the failing try slot again first.
+    await this.write({ order: [slot, other], left: { [slot]: 1, [other]: DEFAULT_ATTEMPTS } as Record<Slot, number>, tryArmed: slot }, s);
   }
 
   async reboot(): Promise<void> {
