@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { existsSync, copyFileSync, createReadStream, statSync, readFileSync } from 'node:fs';
+import { existsSync, createReadStream, statSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { buildImage } from '../firmware/build.js';
@@ -12,6 +12,7 @@ import { api, type RolloutStatusJson } from '../server/cli.js';
 import { provisionImage } from '../firmware/provision/image.js';
 import { QEMU_HOST_ALIAS } from '../firmware/qemu.js';
 import { info, stepReporter } from '../lib/output.js';
+import { copyImageSparse } from '../firmware/image.js';
 
 /**
  * `npm start` = `uz start`: the whole system locally on embedded defaults.
@@ -77,7 +78,7 @@ export function registerStartCommand(program: Command): void {
       let qemu: Promise<unknown> = Promise.resolve();
       if (withBoard) {
         const disk = join(out, 'images', 'qemu-virt-board.img');
-        copyFileSync(v1.image, disk);
+        await copyImageSparse(v1.image, disk);
         await provisionImage({
           image: disk,
           config: { formatVersion: 1, deviceName: 'qemu-board-01', server: { httpUrl: `http://${QEMU_HOST_ALIAS}:${o.httpPort}`, mqttUrl: `mqtt://${QEMU_HOST_ALIAS}:${o.mqttPort}` } },

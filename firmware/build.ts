@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { rm, writeFile, rename } from 'node:fs/promises';
+import { rm, rename, open } from 'node:fs/promises';
 import semver from 'semver';
 import { getBoard, type Board } from '../boards/index.js';
 import { UzError } from '../lib/errors.js';
@@ -9,7 +9,7 @@ import { extractDeb, type DebEntry } from './debian/deb.js';
 import { kernelParts, resolveModules } from './kernel.js';
 import { composeRootfs, packInitramfs } from './initramfs/compose.js';
 import { bundleAgent } from './agent-bundle.js';
-import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, type DiskLayout } from './image.js';
+import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, writeSparse, type DiskLayout } from './image.js';
 import type { ImageInfo } from '../updater/device/image-info.js';
 import { readdir, readFile } from 'node:fs/promises';
 import { loadPrivateKeys } from './trust/io.js';
@@ -166,7 +166,13 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   const slotPath = join(o.outDir, `${base}.slot`);
   const layout = await writeDiskImage({ board, bootFiles: bFiles, slotFiles: sFiles, buildEpoch: epoch, identity }, slotVolume, imagePath);
   try {
-    await writeFile(`${slotPath}.partial`, slotVolume);
+    const sf = await open(`${slotPath}.partial`, 'w');
+    try {
+      await sf.truncate(slotVolume.length);
+      await writeSparse(sf, slotVolume, 0);
+    } finally {
+      await sf.close();
+    }
     await rename(`${slotPath}.partial`, slotPath);
   } catch (e) {
     await rm(imagePath, { force: true });

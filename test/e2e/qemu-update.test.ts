@@ -9,7 +9,7 @@
  * Run alone with `npm run e2e:qemu` (UZ_E2E_ECHO=1 streams the whole console).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, copyFileSync, readFileSync, writeFileSync, createReadStream, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, createReadStream, statSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer as netServer } from 'node:net';
 import { join } from 'node:path';
@@ -25,6 +25,7 @@ import { provisionImage } from '../../firmware/provision/image.js';
 import { createServer, type UzServer } from '../../server/index.js';
 import { loadConfig } from '../../server/config.js';
 import { api } from '../../server/cli.js';
+import { copyImageSparse } from '../../firmware/image.js';
 
 const DEVICE = 'qemu-e2e-01';
 const STEP_MS = 8 * 60_000;
@@ -95,7 +96,7 @@ describe('e2e: updates on the emulated board through the real server and broker'
     client = { server: `http://127.0.0.1:${httpPort}`, token: readFileSync(join(config.dataDir, 'admin.token'), 'utf8').trim() };
 
     const disk = join(work, 'board.img');
-    copyFileSync(image, disk);
+    await copyImageSparse(image, disk);
     await provisionImage({
       image: disk,
       config: { formatVersion: 1, deviceName: DEVICE, server: { httpUrl: 'http://10.0.2.100:8080', mqttUrl: 'mqtt://10.0.2.100:1883' } },

@@ -32,7 +32,7 @@ describe('booting the qemu-virt image under real U-Boot', () => {
   }, 600_000);
 
   it('boots slot A to UZ-READY, grows and formats the blank data partition, and marks A good', async () => {
-    const img = copyImage(image, 'bootA');
+    const img = await copyImage(image, 'bootA');
     // A bigger "card" than the image: the first boot extends the data partition to its end.
     truncateSync(img, statSync(img).size + 512 * 1024 * 1024);
     const r = await runQemu({ image: img, until: /^UZ-READY/, timeoutMs: BOOT_TIMEOUT_MS });
@@ -55,7 +55,7 @@ describe('booting the qemu-virt image under real U-Boot', () => {
   }, BOOT_TIMEOUT_MS + 30_000);
 
   it('boots slot B when the boot-control state selects it', async () => {
-    const img = copyImage(image, 'bootB');
+    const img = await copyImage(image, 'bootB');
     await setBootState(img, formatBootEnv({ order: ['B', 'A'], left: { A: 3, B: 3 } }));
     const r = await runQemu({ image: img, until: /^UZ-READY/, timeoutMs: BOOT_TIMEOUT_MS });
     expect(r.ok, uzLines(r.lines).join('\n')).toBe(true);
@@ -64,7 +64,7 @@ describe('booting the qemu-virt image under real U-Boot', () => {
   }, BOOT_TIMEOUT_MS + 30_000);
 
   it('falls back to slot A when slot B cannot boot (corrupted kernel), by the bootcount', async () => {
-    const img = copyImage(image, 'fallback');
+    const img = await copyImage(image, 'fallback');
     await setBootState(img, formatBootEnv({ order: ['B', 'A'], left: { A: 3, B: 2 } }));
     const { buf, offset } = await readPartition(img, 3);
     const kernelSize = readFat32(buf).readFile('Image').length;

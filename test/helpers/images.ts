@@ -1,4 +1,5 @@
-import { existsSync, mkdirSync, rmdirSync, copyFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmdirSync } from 'node:fs';
+import { copyImageSparse } from '../../firmware/image.js';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -41,10 +42,10 @@ export async function ensureImage(board: string, version = '1.0.0', app = 'demo'
   }
 }
 
-/** A private copy of an image (boots write to their disk). */
-export function copyImage(src: string, name: string): string {
+/** A private, sparse copy of an image (boots write to their disk; holes stay holes). */
+export async function copyImage(src: string, name: string): Promise<string> {
   const dst = join(runDir(), `${name}-${process.pid}-${Date.now()}.img`);
-  copyFileSync(src, dst);
+  await copyImageSparse(src, dst);
   return dst;
 }
 

@@ -22,7 +22,7 @@ describe('emulated board: malformed uz-device.json', () => {
   it('prints DEVICE_CONFIG_INVALID with the field (no values) and still becomes READY', async () => {
     requireQemu(); // fails with the apt-get hint when QEMU is missing
     const { image } = await ensureImage('qemu-virt');
-    const disk = copyImage(image, 'home-badcfg');
+    const disk = await copyImage(image, 'home-badcfg');
     const text = JSON.stringify({
       formatVersion: 1,
       deviceName: 'qemu-badcfg-01',

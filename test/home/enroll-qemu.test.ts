@@ -8,7 +8,7 @@
  * The guest reaches the host only at 10.0.2.100:<port> through per-connection relays (restrict=on).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as netServer } from 'node:net';
 import { join } from 'node:path';
 import { requireQemu } from '../../firmware/qemu.js';
@@ -21,6 +21,7 @@ import { provisionImage } from '../../firmware/provision/image.js';
 import { createServer, type UzServer } from '../../server/index.js';
 import { loadConfig } from '../../server/config.js';
 import { api } from '../../server/cli.js';
+import { copyImageSparse } from '../../firmware/image.js';
 
 const DEVICE = 'qemu-home-01';
 const STEP_MS = 4 * 60_000;
@@ -92,7 +93,7 @@ describe('emulated board: enrollment, mTLS, revocation', () => {
     token = (await api<{ token: string }>(client, 'POST', '/api/v1/enrollment-tokens', { deviceId: DEVICE })).token;
 
     const disk = join(work, 'board.img');
-    copyFileSync(built.image, disk);
+    await copyImageSparse(built.image, disk);
     await provisionImage({
       image: disk,
       config: { formatVersion: 1, deviceName: DEVICE, server: { httpUrl: 'http://10.0.2.100:8080', mqttUrl: 'mqtts://10.0.2.100:8883', caCert: caPem }, enrollToken: token },

@@ -3,10 +3,9 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { getBoard } from '../../boards/index.js';
 import { bootPartitionFiles, buildSlotVolume, writeDiskImage, type DiskLayout } from '../../firmware/image.js';
 import { SECTOR_SIZE, parseMbr } from '../../firmware/fs/mbr.js';
@@ -126,11 +125,11 @@ export async function hashExcept(path: string, skipFrom: number, skipTo: number)
   }
 }
 
-const harness = fileURLToPath(new URL('./fixtures/uz-harness.ts', import.meta.url));
-const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx/esm')).href;
+// The real CLI, the one users run (bin/uz.js registers tsx itself).
+const uzBin = fileURLToPath(new URL('../../bin/uz.js', import.meta.url));
 
-/** Runs `uz <args>` (CA + provisioning commands) in `cwd`. */
+/** Runs the real `uz` CLI (bin/uz.js) with <args> in `cwd`. */
 export function uz(cwd: string, ...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, ['--import', tsxLoader, harness, ...args], { cwd, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(process.execPath, [uzBin, ...args], { cwd, encoding: 'utf8', timeout: 60_000 });
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }

@@ -1,21 +1,19 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createRequire } from 'node:module';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { afterAll, describe, expect, it } from 'vitest';
 import { registerTrustCommands } from '../../firmware/trust/cli.js';
 import { randomPayload, tempDir } from '../bundle/helpers.js';
 
-const harness = fileURLToPath(new URL('./fixtures/uz-harness.ts', import.meta.url));
-// run from a temp cwd, so point --import at tsx's loader by absolute URL
-const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx/esm')).href;
+// The real CLI, the one users run (bin/uz.js registers tsx itself).
+const uzBin = fileURLToPath(new URL('../../bin/uz.js', import.meta.url));
 const dir = tempDir();
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function uz(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, ['--import', tsxLoader, harness, ...args], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(process.execPath, [uzBin, ...args], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
