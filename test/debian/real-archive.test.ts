@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { isUzError } from '../../lib/errors.js';
 import { extractDeb } from '../../firmware/debian/deb.js';
 import { fetchBytes } from '../../firmware/debian/fetch.js';
 import { verifyInRelease } from '../../firmware/debian/inrelease.js';
