@@ -12,17 +12,8 @@ export function tempDir(prefix = 'uz-upd-'): { dir: string; cleanup: () => void 
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** Deterministic PRNG (mulberry32) so randomized tests replay from their seed. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic PRNG (the harness's mulberry32) so randomized tests replay from their seed. */
+export const rng = mulberry32;
 
 export interface BackendWorld {
   machine: SimMachine;
@@ -141,6 +132,7 @@ export async function serveArtifact(body: Buffer, fault: ServeFault = { kind: 'n
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { Aedes } from 'aedes';
 import mqtt, { type MqttClient } from 'mqtt';
+import { mulberry32 } from '../../updater/sim/powercut.js';
 
 export interface TestBroker {
   url: string;
