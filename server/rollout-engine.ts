@@ -100,14 +100,8 @@ export function inWindow(w: RolloutPolicy['window'], now: number): boolean {
   return inside && (!w.days || w.days.length === 0 || w.days.includes(day));
 }
 
-export interface Totals {
-  total: number;
-  pending: number;
-  dispatched: number;
-  succeeded: number;
-  failed: number;
-  skipped: number;
-}
+/** A rollout's counts summed over stages: the per-stage record without its stage number. */
+export type Totals = Omit<StageStats, 'stage'>;
 
 export function sumStats(stats: readonly StageStats[], maxStage = Infinity): Totals {
   const t: Totals = { total: 0, pending: 0, dispatched: 0, succeeded: 0, failed: 0, skipped: 0 };
