@@ -98,7 +98,7 @@ export function composeRootfs(inp: RootfsInputs): FileTree {
   tree.file('etc/uz/agent', initFile('agent'), 0o755);
   tree.file('etc/uz/shutdown', initFile('shutdown'), 0o755);
   tree.file('etc/uz/udhcpc.script', initFile('udhcpc.script'), 0o755);
-  tree.file('etc/uz/growdata.mjs', initFile('growdata.mjs'), 0o644);
+  tree.file('etc/uz/growdata', initFile('growdata'), 0o755);
   tree.file('etc/uz/image.json', `${JSON.stringify(inp.imageInfo, null, 2)}\n`);
 
   const modDir = `usr/lib/modules/${inp.kernelRelease}`;

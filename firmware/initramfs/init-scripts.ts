@@ -5,7 +5,7 @@ import type { Board } from '../../boards/schema.js';
 const filesDir = fileURLToPath(new URL('./files/', import.meta.url));
 
 /** The static scripts (rcS, agent wrapper, shutdown, DHCP hook) live as plain files in ./files/. */
-export function initFile(name: 'rcS' | 'agent' | 'shutdown' | 'udhcpc.script' | 'growdata.mjs'): string {
+export function initFile(name: 'rcS' | 'agent' | 'shutdown' | 'udhcpc.script' | 'growdata'): string {
   return readFileSync(`${filesDir}${name}`, 'utf8');
 }
 
@@ -51,12 +51,6 @@ export function inittab(p: InitParams): string {
   if (p.debug) lines.push('# --debug build: a shell on the serial console only (never on a network port)', '::askfirst:-/bin/sh');
   return `${lines.join('\n')}\n`;
 }
-
-/** The one-shot system init. POSIX sh (busybox ash). */
-
-
-
-/** busybox udhcpc hook: configure the address, the default route and DNS. */
 
 export function staticEtc(): Record<string, string> {
   return {
