@@ -47,6 +47,12 @@ export const BoardSchema = z
         fileName: z.string().min(1),
         /** Extra kernel command-line words (console, rootwait, ...). */
         cmdline: z.array(z.string()).default([]),
+        /**
+         * How the initramfs is stored in the slot. gzip suits real boards (the SD card is the slow part);
+         * none suits an emulated board (the "card" is a host file read at GB/s, while the emulated CPU
+         * inflates gzip ~20x slower than a real one: several seconds of every boot). docs/boards.md.
+         */
+        initramfsCompression: z.enum(['gzip', 'none']).default('gzip'),
       })
       .strict(),
     /** DTB paths relative to the kernel package's DTB directory (e.g. broadcom/bcm2711-rpi-4-b.dtb). */

@@ -142,7 +142,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     imageInfo,
   });
   if (trustRoot) tree.file(TRUST_ROOT_PATH, trustRoot);
-  const initrd = packInitramfs(tree, epoch);
+  const initrd = packInitramfs(tree, epoch, board.kernel.initramfsCompression);
 
   step('writing the slot and the disk image');
   const firmware = filesUnder(piFirmware, 'usr/lib/raspi-firmware/');

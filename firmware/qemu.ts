@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
+import { crc32 } from 'node:zlib';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
@@ -44,9 +45,73 @@ export async function ubootForQemu(): Promise<string> {
     if (!bin?.data) throw new UzError('DEB_NOT_FOUND', 'u-boot-qemu has no qemu_arm64/u-boot.bin');
     await mkdir(dir, { recursive: true });
     await writeFile(`${path}.partial`, bin.data);
-    const { rename } = await import('node:fs/promises');
     await rename(`${path}.partial`, path);
   }
+  return path;
+}
+
+/**
+ * The emulated board's firmware settings. Debian's qemu_arm64 U-Boot keeps its environment in the second
+ * CFI flash bank (virt's pflash1 at 0x4000000, 256 KiB, CRC32 + `key=value\0…\0\0`) and, finding it blank,
+ * falls back to its built-in default with `bootdelay=2`: two seconds of "Hit any key" on every boot of every
+ * QEMU test and benchmark. A board vendor sets this once in the board's flash (as a Pi's EEPROM holds
+ * BOOT_ORDER); so does our emulated board: the built-in default environment, read out of the binary, with
+ * only bootdelay changed. Both sides of bench:boot boot through it.
+ */
+export const UBOOT_QEMU_ENV_SIZE = 0x40000;
+const QEMU_FLASH_BANK_BYTES = 64 * 1024 * 1024;
+export const UBOOT_QEMU_ENV_OVERRIDES: Readonly<Record<string, string>> = { bootdelay: '0' };
+
+/**
+ * U-Boot's built-in default environment, as stored in the binary: NUL-separated `key=value` strings that
+ * start with `bootcmd=` and are followed closely by `bootdelay=` (the order of env_default.h).
+ */
+export function ubootDefaultEnv(bin: Buffer): string[] {
+  let start = -1;
+  for (let i = bin.indexOf('\0bootcmd=', 0, 'latin1'); i >= 0; i = bin.indexOf('\0bootcmd=', i + 1, 'latin1')) {
+    const next = bin.indexOf('\0bootdelay=', i + 1, 'latin1');
+    if (next > i && next - i < 1024 && !bin.subarray(i + 1, next).includes(0)) {
+      start = i + 1;
+      break;
+    }
+  }
+  if (start < 0) throw new UzError('UBOOT_ENV_NOT_FOUND', 'no default environment (bootcmd=…, bootdelay=…) in the U-Boot binary');
+  const end = bin.indexOf(Buffer.from([0, 0]), start);
+  const vars = bin.subarray(start, end).toString('latin1').split('\0');
+  if (!vars.every((v) => /^[A-Za-z0-9_.]+=/.test(v)) || !vars.some((v) => v.startsWith('bootdelay='))) {
+    throw new UzError('UBOOT_ENV_NOT_FOUND', 'the U-Boot default environment does not look like one (no bootdelay=)');
+  }
+  return vars;
+}
+
+/** A U-Boot environment block: CRC32 (little-endian) over the data, data = `key=value\0`… `\0`, zero-padded. */
+export function ubootEnvBlock(vars: string[], size = UBOOT_QEMU_ENV_SIZE): Buffer {
+  const data = Buffer.alloc(size - 4);
+  const text = Buffer.from(`${vars.join('\0')}\0\0`, 'latin1');
+  if (text.length > data.length) throw new UzError('UBOOT_ENV_TOO_BIG', `environment of ${text.length} bytes does not fit ${data.length}`);
+  text.copy(data);
+  const block = Buffer.alloc(size);
+  block.writeUInt32LE(crc32(data) >>> 0, 0);
+  data.copy(block, 4);
+  return block;
+}
+
+/** The pflash1 image for a U-Boot binary (cached beside it): its default environment plus our overrides. */
+export async function ubootEnvFlashForQemu(biosPath: string): Promise<string> {
+  const path = `${biosPath}.env-flash`;
+  if (existsSync(path)) return path;
+  const vars = ubootDefaultEnv(await readFile(biosPath)).map((v) => {
+    const key = v.slice(0, v.indexOf('='));
+    return key in UBOOT_QEMU_ENV_OVERRIDES ? `${key}=${UBOOT_QEMU_ENV_OVERRIDES[key]}` : v;
+  });
+  const f = await open(`${path}.partial`, 'w');
+  try {
+    await f.write(ubootEnvBlock(vars), 0, UBOOT_QEMU_ENV_SIZE, 0);
+    await f.truncate(QEMU_FLASH_BANK_BYTES); // a flash bank is exactly this size; the rest stays a hole
+  } finally {
+    await f.close();
+  }
+  await rename(`${path}.partial`, path);
   return path;
 }
 
@@ -79,7 +144,7 @@ export interface QemuRunResult {
   seconds: number;
 }
 
-export function qemuArgs(o: { image: string; bios: string; board?: string; forwards?: GuestForward[] }): string[] {
+export function qemuArgs(o: { image: string; bios: string; envFlash?: string; board?: string; forwards?: GuestForward[] }): string[] {
   const board = getBoard(o.board ?? 'qemu-virt');
   if (!board.qemu) throw new UzError('QEMU_BOARD_UNSUPPORTED', `board ${board.id} cannot be emulated; use qemu-virt`);
   // A `-tcp:` target would be ONE connection opened at start-up; `-cmd:` runs a relay per guest connection.
@@ -95,6 +160,7 @@ export function qemuArgs(o: { image: string; bios: string; board?: string; forwa
     '-monitor', 'none',
     '-serial', 'stdio',
     '-bios', o.bios,
+    ...(o.envFlash ? ['-drive', `if=pflash,unit=1,format=raw,readonly=on,file=${o.envFlash}`] : []),
     '-drive', `file=${o.image},format=raw,if=virtio,cache=unsafe`,
     '-netdev', `user,id=n0,restrict=on${fwd}`,
     // romfile= : no iPXE option ROM needed (U-Boot does not netboot here), so QEMU needs no ipxe package.
@@ -108,8 +174,9 @@ export function qemuArgs(o: { image: string; bios: string; board?: string; forwa
 export async function runQemu(o: QemuRunOptions): Promise<QemuRunResult> {
   requireQemu();
   const bios = o.bios ?? (await ubootForQemu());
+  const envFlash = await ubootEnvFlashForQemu(bios);
   const started = Date.now();
-  const child = spawn(QEMU_BINARY, qemuArgs({ image: o.image, bios, board: o.board, forwards: o.forwards }), {
+  const child = spawn(QEMU_BINARY, qemuArgs({ image: o.image, bios, envFlash, board: o.board, forwards: o.forwards }), {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   const lines: string[] = [];

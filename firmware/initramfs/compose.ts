@@ -20,7 +20,8 @@ export interface RootfsInputs {
   /** Package contents, already extracted and verified. */
   packages: Array<{ name: string; entries: DebEntry[] }>;
   modules: Array<{ name: string; relPath: string; data: Buffer }>;
-  agentBundle: string;
+  /** The agent's bundle files (agent.mjs and its chunks), installed under /opt/uz/. */
+  agentBundle: Array<{ name: string; text: string }>;
   app: ResolvedApp;
   imageInfo: unknown;
 }
@@ -105,7 +106,7 @@ export function composeRootfs(inp: RootfsInputs): FileTree {
   for (const m of inp.modules) tree.file(`${modDir}/${m.relPath}`, m.data);
   tree.file('etc/uz/modules.list', inp.modules.map((m) => `${inp.kernelRelease}/${m.relPath}\n`).join(''));
 
-  tree.file('opt/uz/agent.mjs', inp.agentBundle);
+  for (const f of inp.agentBundle) tree.file(`opt/uz/${f.name}`, f.text);
   for (const f of inp.app.files) tree.file(f.path, f.data, f.mode);
   if (inp.app.config) tree.file(inp.app.config.path, inp.app.config.data, 0o644);
 
@@ -117,7 +118,11 @@ export function composeRootfs(inp: RootfsInputs): FileTree {
   return tree;
 }
 
-/** gzip at a fixed level: zlib writes no timestamp or name, so the bytes depend only on the input. */
-export function packInitramfs(tree: FileTree, mtime: number): Buffer {
-  return gzipSync(writeCpio(tree.toCpioEntries(), mtime), { level: 6, memLevel: 8, strategy: zc.Z_DEFAULT_STRATEGY });
+/**
+ * The cpio archive, gzip'd at a fixed level or stored as is (the board decides: Board.kernel.initramfsCompression).
+ * zlib writes no timestamp or name, so the bytes depend only on the input either way.
+ */
+export function packInitramfs(tree: FileTree, mtime: number, compression: 'gzip' | 'none' = 'gzip'): Buffer {
+  const cpio = writeCpio(tree.toCpioEntries(), mtime);
+  return compression === 'none' ? cpio : gzipSync(cpio, { level: 6, memLevel: 8, strategy: zc.Z_DEFAULT_STRATEGY });
 }

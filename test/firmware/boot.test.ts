@@ -38,6 +38,10 @@ describe('booting the qemu-virt image under real U-Boot', () => {
     const r = await runQemu({ image: img, until: /^UZ-READY/, timeoutMs: BOOT_TIMEOUT_MS });
     expect(r.ok, uzLines(r.lines).join('\n') + `\n(${r.reason})`).toBe(true);
     expect(r.match).toBe('UZ-READY slot=A version=1.0.0');
+    // The emulated board's flash holds U-Boot's environment with bootdelay=0 (firmware/qemu.ts): U-Boot
+    // accepted its CRC and did not wait for a key.
+    expect(r.lines.some((l) => l.includes('Loading Environment from Flash... OK')), r.lines.slice(0, 12).join('\n')).toBe(true);
+    expect(r.lines.some((l) => /Hit any key to stop autoboot:\s+0\s*$/.test(l))).toBe(true);
     const uz = uzLines(r.lines);
     expect(uz).toContain('UZ-BOOT slot=A version=1.0.0 board=qemu-virt');
     expect(uz.some((l) => l.startsWith('UZ-DATA grown'))).toBe(true);

@@ -17,5 +17,3 @@ export const ImageInfoSchema = z
   })
   .strict();
 export type ImageInfo = z.infer<typeof ImageInfoSchema>;
-
-export const IMAGE_INFO_PATH = '/etc/uz/image.json';

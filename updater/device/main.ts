@@ -1,7 +1,7 @@
 /**
- * The agent's entry point inside the image (bundled by esbuild to /opt/uz/agent.mjs, respawned by init).
- * It owns the workload and the whole A/B update flow:
- *   - starts the workload (Supervisor) and probes its real health check;
+ * The agent inside the image, after entry.ts (bundled by esbuild to /opt/uz/agent.mjs, respawned by init) has
+ * started the workload. It owns the workload and the whole A/B update flow:
+ *   - supervises the workload (the Supervisor entry.ts started) and probes its real health check;
  *   - runs the update engine: start-up recovery from the saved state, then desired releases from MQTT;
  *   - prints `UZ-READY slot=X version=V` only after the health check passed AND the slot was recorded good
  *     (a trial boot is committed at that moment);
@@ -16,8 +16,8 @@ import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { ImageInfoSchema, IMAGE_INFO_PATH } from './image-info.js';
-import { Supervisor } from '../workload/supervisor.js';
+import { ImageInfoSchema } from './image-info.js';
+import type { Supervisor } from '../workload/supervisor.js';
 import { probeHealth, type HealthResult } from '../workload/health.js';
 import { UbootEnvBootControl } from '../bootctl/uboot-env.js';
 import { RpiTrybootControl } from '../bootctl/rpi-tryboot.js';
@@ -36,13 +36,11 @@ import type { RangeSource } from '../install/source.js';
 import { UzError } from '../../lib/errors.js';
 import { ClockKeeper } from '../clock.js';
 import { judge, measureData } from '../workload/data-guard.js';
-import { LogPersister } from '../workload/log-persist.js';
 import { httpTufFetch, tufTrustRefresher } from '../trust/refresh.js';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 
 const run = promisify(execFile);
-const say = (line: string) => process.stdout.write(`${line}\n`);
 
 /** The trust root the builder embeds (firmware/build.ts TRUST_ROOT_PATH), used when the config names none. */
 export const DEFAULT_TRUST_ROOT = DEVICE_PATHS.trustRoot;
@@ -58,14 +56,6 @@ function deviceHardwareId(): string | undefined {
 }
 const BOOT_MOUNT = '/run/uz/boot';
 
-function readSlot(): Slot | null {
-  try {
-    const s = readFileSync('/run/uz/slot', 'utf8').trim();
-    return s === 'A' || s === 'B' ? s : null;
-  } catch {
-    return null;
-  }
-}
 
 /** The FAT boot-control partition is mounted read-only; writes remount it briefly (and sync). */
 async function withWritableBoot<T>(fn: () => Promise<T>): Promise<T> {
@@ -107,30 +97,24 @@ async function devSecret(stateDir: string): Promise<string> {
   return secret;
 }
 
-async function main(): Promise<void> {
-  const info = ImageInfoSchema.parse(JSON.parse(readFileSync(IMAGE_INFO_PATH, 'utf8')));
-  const slot = readSlot();
-  const app = info.app;
-  say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${info.version} app=${app.name}`);
+/** What entry.ts hands over: the image info (not yet validated), the slot, and the already running workload. */
+export interface EarlyStart {
+  /** /etc/uz/image.json as parsed JSON; entry.ts checked only the workload's fields. */
+  rawInfo: unknown;
+  slot: Slot | null;
+  sup: Supervisor;
+  say: (line: string) => void;
+}
 
-  // The workload's output: to the console, and sparingly (every 10 min, and when it exits) to the data partition.
-  const logs = new LogPersister(`/data/uz/logs/${app.name}.log`);
-  const sup = new Supervisor(app, (line) => {
-    say(`[${app.name}] ${line}`);
-    logs.push(line);
-  });
-  sup.on('exited', (code, signal, wait) => {
-    say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`);
-    void logs.flush().catch(() => {});
-  });
-  sup.start();
-  logs.start();
-  const stop = async () => {
-    await sup.stop();
-    process.exit(0);
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+export async function runAgent(early: EarlyStart): Promise<void> {
+  const { slot, sup, say } = early;
+  const parsed = ImageInfoSchema.safeParse(early.rawInfo);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new UzError('IMAGE_INFO_INVALID', `/etc/uz/image.json: ${issue?.path.join('.') || '(root)'}: ${issue?.message}`, {});
+  }
+  const info = parsed.data;
+  const app = info.app;
 
   let last: HealthResult = { ok: false, detail: 'not probed yet' };
   /** The MQTT agent, once there is one (declared here: keepProbing() may run before it exists). */
@@ -185,7 +169,8 @@ async function main(): Promise<void> {
         return { ok: false, detail: last.detail };
       }
       if (signal.aborted) return { ok: false, detail: 'aborted' };
-      await new Promise((r) => setTimeout(r, 1000));
+      // A loopback probe is cheap; probing often during start-up makes UZ-READY (and the commit) prompt.
+      await new Promise((r) => setTimeout(r, 250));
     }
   };
 
@@ -318,8 +303,3 @@ async function main(): Promise<void> {
     }
   }
 }
-
-main().catch((e) => {
-  say(`UZ-ERROR code=AGENT_CRASH detail=${JSON.stringify((e as Error).message)}`);
-  process.exit(1);
-});

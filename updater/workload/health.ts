@@ -1,3 +1,5 @@
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import type { HealthCheck } from '../../firmware/apps/schema.js';
 
@@ -8,13 +10,39 @@ export interface HealthResult {
   height?: number;
 }
 
+/**
+ * One HTTP exchange on node:http (not fetch): fetch is undici, whose JavaScript and WebAssembly parser Node
+ * loads and compiles on first use — seconds on a slow core, on the path to UZ-READY at every boot.
+ */
+function exchange(url: string, o: { method: 'GET' | 'POST'; body?: string; timeoutMs: number }): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const send = u.protocol === 'https:' ? httpsRequest : httpRequest;
+    const headers: Record<string, string | number> = o.body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(o.body) };
+    const req = send(u, { method: o.method, headers, timeout: o.timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (c: Buffer) => {
+        size += c.length;
+        // A health answer is small; a workload streaming megabytes at the probe gets cut off, not buffered.
+        if (size > 1 << 20) req.destroy(new Error('health answer larger than 1 MiB'));
+        else chunks.push(c);
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${o.timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end(o.body);
+  });
+}
+
 /** One health probe with a hard timeout; never throws. */
 export async function probeHealth(check: HealthCheck, timeoutMs = 5000): Promise<HealthResult> {
   try {
     switch (check.type) {
       case 'http': {
-        const res = await fetch(check.url, { signal: AbortSignal.timeout(timeoutMs) });
-        await res.arrayBuffer();
+        const res = await exchange(check.url, { method: 'GET', timeoutMs });
         return { ok: res.status === check.expectStatus, detail: `http ${res.status}` };
       }
       case 'tcp':
@@ -35,13 +63,12 @@ export async function probeHealth(check: HealthCheck, timeoutMs = 5000): Promise
           });
         });
       case 'jsonrpc': {
-        const res = await fetch(check.url, {
+        const res = await exchange(check.url, {
           method: 'POST',
-          headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: check.method, params: check.params }),
-          signal: AbortSignal.timeout(timeoutMs),
+          timeoutMs,
         });
-        const body = (await res.json()) as { result?: unknown; error?: { message?: string } };
+        const body = JSON.parse(res.body) as { result?: unknown; error?: { message?: string } };
         if (body.error || body.result === undefined) {
           return { ok: false, detail: `jsonrpc error: ${body.error?.message ?? 'no result'}` };
         }

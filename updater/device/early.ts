@@ -1,0 +1,42 @@
+/**
+ * What the agent's entry (entry.ts) needs before the rest of the agent is loaded: the slot and the part of
+ * /etc/uz/image.json that starts the workload. Deliberately free of zod and of anything heavy.
+ */
+import { readFileSync } from 'node:fs';
+import type { Supervisor } from '../workload/supervisor.js';
+import type { Slot } from '../bootctl/types.js';
+
+/** Where the builder puts the image info (firmware/initramfs/compose.ts; schema: image-info.ts). */
+export const IMAGE_INFO_PATH = '/etc/uz/image.json';
+
+/** The slot init found on the kernel command line or in the device tree (/run/uz/slot, written by rcS). */
+export function readSlot(): Slot | null {
+  try {
+    const s = readFileSync('/run/uz/slot', 'utf8').trim();
+    return s === 'A' || s === 'B' ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+type WorkloadStart = ConstructorParameters<typeof Supervisor>[0] & { name: string };
+
+/** The part of image.json that starts the workload, checked by hand (zod is not loaded yet). */
+export function workloadStartOf(raw: unknown): { version: string; app: WorkloadStart } {
+  const info = raw as { version?: unknown; app?: Record<string, unknown> } | null;
+  const app = info?.app;
+  const strings = (v: unknown) => Array.isArray(v) && v.every((s) => typeof s === 'string');
+  const env = app?.env;
+  const restart = app?.restart as Record<string, unknown> | undefined;
+  const ok =
+    typeof info?.version === 'string' &&
+    typeof app?.name === 'string' &&
+    typeof app.command === 'string' &&
+    strings(app.args) &&
+    typeof app.dataDir === 'string' &&
+    typeof env === 'object' && env !== null && Object.values(env).every((v) => typeof v === 'string') &&
+    typeof restart?.initialBackoffMs === 'number' &&
+    typeof restart.maxBackoffMs === 'number';
+  if (!ok) throw new Error(`${IMAGE_INFO_PATH}: no valid workload (app.name, command, args, env, dataDir, restart)`);
+  return { version: info!.version as string, app: app as unknown as WorkloadStart };
+}
