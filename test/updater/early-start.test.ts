@@ -2,7 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { loadManifest } from '../../firmware/apps/index.js';
 import { bundleAgent, AGENT_ENTRY_FILE } from '../../firmware/agent-bundle.js';
 import { ImageInfoSchema } from '../../updater/device/image-info.js';
-import { workloadStartOf } from '../../updater/device/early.js';
+import { dataVerdictAtStart, workloadStartOf } from '../../updater/device/early.js';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 // The agent's entry starts the workload from image.json before zod (and the rest of the agent) is loaded.
 const info = () =>
@@ -36,6 +39,8 @@ describe('agent early start', () => {
       (r: any) => (r.app.env = { A: 1 }),
       (r: any) => delete r.app.restart,
       (r: any) => delete r.version,
+      (r: any) => delete r.app.minFreeBytes,
+      (r: any) => (r.app.quota = { maxBytes: 'lots' }),
     ]) {
       const raw = info();
       mutate(raw);
@@ -52,5 +57,22 @@ describe('agent early start', () => {
     const total = files.reduce((n, f) => n + f.text.length, 0);
     expect(total).toBeGreaterThan(500 * 1024); // zod, mqtt, node-forge... live in the chunks
     for (const f of files) expect(f.name).toMatch(/^agent(-[A-Z0-9]+)?\.mjs$/);
+  });
+
+  it('holds the workload back on a data partition below its reserve or over its quota', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'uz-early-data-'));
+    try {
+      const dataDir = join(root, 'app');
+      mkdirSync(dataDir);
+      writeFileSync(join(dataDir, 'db'), Buffer.alloc(256 * 1024, 1));
+      expect((await dataVerdictAtStart({ dataDir, minFreeBytes: 1024 }, root)).ok).toBe(true);
+      const full = await dataVerdictAtStart({ dataDir, minFreeBytes: Number.MAX_SAFE_INTEGER }, root);
+      expect(full).toMatchObject({ ok: false, code: 'DATA_FULL' });
+      const over = await dataVerdictAtStart({ dataDir, minFreeBytes: 0, quota: { maxBytes: 64 * 1024 } }, root);
+      expect(over).toMatchObject({ ok: false, code: 'QUOTA_EXCEEDED' });
+      expect((await dataVerdictAtStart({ dataDir, minFreeBytes: 0, quota: { maxBytes: 1 << 30 } }, root)).ok).toBe(true);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

@@ -15,7 +15,7 @@
 import { readFileSync } from 'node:fs';
 import { Supervisor } from '../workload/supervisor.js';
 import { LogPersister } from '../workload/log-persist.js';
-import { IMAGE_INFO_PATH, readSlot, workloadStartOf } from './early.js';
+import { dataVerdictAtStart, IMAGE_INFO_PATH, readSlot, workloadStartOf } from './early.js';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
 let sup: Supervisor | null = null;
@@ -37,7 +37,11 @@ async function start(): Promise<void> {
     say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`);
     void logs.flush().catch(() => {});
   });
-  s.start();
+  // A data partition that cannot be read (not mounted: rcS said why) does not hold the workload back.
+  const verdict = await dataVerdictAtStart(app).catch(() => null);
+  const heldForData = verdict !== null && !verdict.ok ? { code: verdict.code, message: verdict.detail } : undefined;
+  if (heldForData) say(`UZ-ERROR code=${heldForData.code} detail=${JSON.stringify(heldForData.message)} workload-held`);
+  else s.start();
   logs.start();
   const stop = async () => {
     await s.stop();
@@ -47,7 +51,7 @@ async function start(): Promise<void> {
   process.on('SIGINT', stop);
 
   const { runAgent } = await import('./main.js');
-  await runAgent({ rawInfo: raw, slot, sup: s, say });
+  await runAgent({ rawInfo: raw, slot, sup: s, say, ...(heldForData ? { heldForData } : {}) });
 }
 
 start().catch(async (e) => {

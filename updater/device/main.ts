@@ -104,6 +104,8 @@ export interface EarlyStart {
   slot: Slot | null;
   sup: Supervisor;
   say: (line: string) => void;
+  /** Set when entry.ts did not start the workload because the data partition was full or over quota. */
+  heldForData?: { code: string; message: string };
 }
 
 export async function runAgent(early: EarlyStart): Promise<void> {
@@ -135,8 +137,8 @@ export async function runAgent(early: EarlyStart): Promise<void> {
 
   // Disk-full protection and the data quota: stop the workload before the partition fills, resume with room.
   let dataUsage: { freeBytes: number; usedBytes: number; quotaBytes?: number } | undefined;
-  let dataError: { code: string; message: string } | undefined;
-  let stoppedForData = false;
+  let dataError: { code: string; message: string } | undefined = early.heldForData;
+  let stoppedForData = early.heldForData !== undefined;
   const guardData = async () => {
     const usage = await measureData('/data', app.dataDir, app.quota?.maxBytes);
     dataUsage = usage;
