@@ -6,7 +6,7 @@
  * `mke2fs -d` (no loop mounts). The root is `mmdebstrap --variant=minbase` of trixie plus systemd-sysv, udev,
  * kmod, e2fsprogs and nodejs, the locked kernel's modules (depmod'ed), systemd-networkd doing DHCP, and two
  * units: demo.service (`After=network-online.target`, the demo JSON-RPC node) and demo-ready.service, which
- * polls the demo's stats.syncInfo health check once a second, as our agent does, and prints DEBIAN-READY on
+ * polls the demo's stats.syncInfo health check every 250 ms, as our agent does, and prints DEBIAN-READY on
  * the console when it answers.
  *
  * The kernel's virtio_blk and ext4 are modules, so a tiny busybox initramfs (the locked busybox-static)
@@ -36,7 +36,7 @@ import { runQemu } from '../../firmware/qemu.js';
 import { ensureRootfsTools, run, type Log } from './host-tools.js';
 
 /** Bump when the recipe changes in a way the inputs below do not capture. */
-const RECIPE_VERSION = 2;
+const RECIPE_VERSION = 3;
 const SUITE = 'trixie';
 export const DEBIAN_PACKAGES = ['systemd-sysv', 'udev', 'kmod', 'e2fsprogs', 'nodejs'];
 /** What the initramfs loads (dependencies added by resolveModules). */
@@ -134,11 +134,11 @@ RemainAfterExit=yes
 [Install]
 WantedBy=multi-user.target
 `,
-  // Same probe as the agent's (JSON-RPC stats.syncInfo over HTTP), same 1 s cadence, no extra process
-  // per probe: bash's /dev/tcp.
+  // Same probe as the agent's (JSON-RPC stats.syncInfo over HTTP), same 250 ms start-up cadence, no extra
+  // process per probe: bash's /dev/tcp.
   'usr/local/sbin/demo-ready': `#!/bin/bash
 body='{"jsonrpc":"2.0","id":1,"method":"stats.syncInfo","params":[]}'
-for i in $(seq 1 300); do
+for i in $(seq 1 1200); do
   if exec 3<>/dev/tcp/${rpc.HTTPHost}/${rpc.HTTPPort}; then
     printf 'POST / HTTP/1.0\\r\\nHost: localhost\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s' "\${#body}" "$body" >&3
     resp=$(cat <&3)
@@ -159,7 +159,7 @@ for i in $(seq 1 300); do
       exit 0
     fi
   fi 2>/dev/null
-  sleep 1
+  sleep 0.25
 done
 echo "DEBIAN-NOT-READY" > /dev/console
 exit 1
