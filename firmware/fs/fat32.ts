@@ -1,6 +1,8 @@
 /**
- * FAT32 filesystems built entirely in memory from a file tree, plus a minimal reader and an in-place file
- * rewriter. No mkfs, no mounts, no root.
+ * The project's one FAT32 implementation: volumes built entirely in memory from a file tree (buildFat32), a
+ * reader (readFat32), and in-place changes to an existing volume — rewriting a file within the clusters it owns
+ * (overwriteFat32File) and adding or replacing a file like a FAT driver would (addFat32File, used by
+ * `uz provision`). No mkfs, no mounts, no root.
  *
  * Layout written by buildFat32:
  *   sector 0        boot sector / BPB        sector 6  backup boot sector
@@ -16,6 +18,12 @@ const SECTOR = 512;
 const RESERVED_SECTORS = 32;
 const NUM_FATS = 2;
 const FSINFO_SECTOR = 1;
+/** FSInfo signatures and field offsets, and the value meaning "unknown" for the count and the hint. */
+const FSINFO_LEAD_SIG = 0x41615252;
+const FSINFO_STRUC_SIG = 0x61417272;
+const FSINFO_FREE_COUNT = 488;
+const FSINFO_NEXT_FREE = 492;
+const FSINFO_UNKNOWN = 0xffffffff;
 const BACKUP_BOOT_SECTOR = 6;
 const ROOT_CLUSTER = 2;
 const MEDIA = 0xf8;
@@ -179,7 +187,10 @@ export function fat32Layout(sizeBytes: number, clusterSize?: number): Fat32Layou
 // ---------------------------------------------------------------------------------------------------------------
 // Names
 
-/** FAT compares names case-insensitively: upper-case each UTF-16 unit where that maps 1:1. */
+/**
+ * FAT compares names case-insensitively: upper-case each UTF-16 unit where that maps 1:1. Per unit, not per
+ * code point: long names are UCS-2 to FAT, and Windows and Linux up-case them one 16-bit unit at a time.
+ */
 function foldName(s: string): string {
   let out = '';
   for (let i = 0; i < s.length; i++) {
@@ -221,8 +232,13 @@ function lfnChecksum(raw11: Buffer | Uint8Array, off = 0): number {
 
 /** Allocates unique short names within one directory. */
 class ShortNamer {
-  private readonly taken = new Set<string>();
+  private readonly taken: Set<string>;
   private readonly nextTail = new Map<string, number>();
+
+  /** `taken`: raw 11-byte short names already in the directory. */
+  constructor(taken: Iterable<string> = []) {
+    this.taken = new Set(taken);
+  }
 
   reserve(raw11: string): void {
     this.taken.add(raw11);
@@ -370,7 +386,7 @@ function prepareDirs(root: DirNode): DirNode[] {
 
 function dirEntryCount(dir: DirNode, isRoot: boolean, hasLabel: boolean): number {
   let n = isRoot ? (hasLabel ? 1 : 0) : 2;
-  for (const c of dir.sorted) n += 1 + (c.lfn ? Math.ceil(c.name.length / 13) : 0);
+  for (const c of dir.sorted) n += 1 + (c.lfn ? lfnEntryCount(c.name) : 0);
   return n;
 }
 
@@ -417,11 +433,20 @@ function writeShortEntry(buf: Buffer, off: number, raw11: string, attr: number, 
 
 const LFN_OFFSETS = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
 
-/** Write the LFN entries for `name` (highest ordinal first); returns the offset after them. */
-function writeLfnEntries(buf: Buffer, off: number, name: string, raw11: string): number {
+/** How many VFAT long-name entries `name` needs (13 UTF-16 units each). */
+function lfnEntryCount(name: string): number {
+  return Math.ceil(name.length / 13);
+}
+
+/**
+ * Write the LFN entries for `name`, highest ordinal first, one at each of `offsets` (directory order; a run of
+ * free slots may span clusters that are not adjacent). Every byte of each entry is written.
+ */
+function writeLfnEntries(buf: Buffer, offsets: readonly number[], name: string, raw11: string): void {
   const checksum = lfnChecksum(Buffer.from(raw11, 'latin1'));
-  const n = Math.ceil(name.length / 13);
+  const n = offsets.length;
   for (let k = n; k >= 1; k--) {
+    const off = offsets[n - k]!;
     buf[off] = k | (k === n ? 0x40 : 0);
     buf[off + 11] = ATTR_LFN;
     buf[off + 12] = 0;
@@ -432,9 +457,7 @@ function writeLfnEntries(buf: Buffer, off: number, name: string, raw11: string):
       const v = idx < name.length ? name.charCodeAt(idx) : idx === name.length ? 0x0000 : 0xffff;
       buf.writeUInt16LE(v, off + LFN_OFFSETS[j]!);
     }
-    off += DIR_ENTRY;
   }
-  return off;
 }
 
 function normalizeLabel(label: string): string {
@@ -445,6 +468,10 @@ function normalizeLabel(label: string): string {
     });
   }
   return l;
+}
+
+function checkFileSize(path: string, size: number): void {
+  if (size > 0xffffffff) throw new UzError('FAT_FILE_TOO_LARGE', `"${path}" exceeds FAT's 4 GiB file limit`, { path, size });
 }
 
 function checkU32(name: string, v: number): void {
@@ -493,10 +520,10 @@ function writeBootSector(buf: Buffer, off: number, l: Fat32Layout, o: { hiddenSe
 }
 
 function writeFsInfo(buf: Buffer, off: number, freeCount: number, nextFree: number): void {
-  buf.writeUInt32LE(0x41615252, off);
-  buf.writeUInt32LE(0x61417272, off + 484);
-  buf.writeUInt32LE(freeCount, off + 488);
-  buf.writeUInt32LE(nextFree, off + 492);
+  buf.writeUInt32LE(FSINFO_LEAD_SIG, off);
+  buf.writeUInt32LE(FSINFO_STRUC_SIG, off + 484);
+  buf.writeUInt32LE(freeCount, off + FSINFO_FREE_COUNT);
+  buf.writeUInt32LE(nextFree, off + FSINFO_NEXT_FREE);
   buf.writeUInt32LE(0xaa550000, off + 508);
 }
 
@@ -527,11 +554,7 @@ export function buildFat32(opts: Fat32Options): Buffer {
     needed += d.clusters;
     for (const c of d.sorted) {
       if (c.kind === 'file') {
-        if (c.data.length > 0xffffffff) {
-          throw new UzError('FAT_FILE_TOO_LARGE', `"${d.path ? d.path + '/' : ''}${c.name}" exceeds FAT's 4 GiB file limit`, {
-            size: c.data.length,
-          });
-        }
+        checkFileSize(`${d.path ? d.path + '/' : ''}${c.name}`, c.data.length);
         c.clusters = Math.ceil(c.data.length / cs);
         needed += c.clusters;
       }
@@ -569,7 +592,7 @@ export function buildFat32(opts: Fat32Options): Buffer {
   writeBootSector(buf, 0, l, bootOpts);
   writeBootSector(buf, BACKUP_BOOT_SECTOR * SECTOR, l, bootOpts);
   const freeCount = l.clusterCount - needed;
-  const nextFree = freeCount > 0 ? ROOT_CLUSTER + needed : 0xffffffff;
+  const nextFree = freeCount > 0 ? ROOT_CLUSTER + needed : FSINFO_UNKNOWN;
   writeFsInfo(buf, FSINFO_SECTOR * SECTOR, freeCount, nextFree);
   writeFsInfo(buf, (BACKUP_BOOT_SECTOR + FSINFO_SECTOR) * SECTOR, freeCount, nextFree);
 
@@ -597,7 +620,11 @@ export function buildFat32(opts: Fat32Options): Buffer {
       off += 2 * DIR_ENTRY;
     }
     for (const c of d.sorted) {
-      if (c.lfn) off = writeLfnEntries(buf, off, c.name, c.raw11);
+      if (c.lfn) {
+        const n = lfnEntryCount(c.name);
+        writeLfnEntries(buf, Array.from({ length: n }, (_, i) => off + i * DIR_ENTRY), c.name, c.raw11);
+        off += n * DIR_ENTRY;
+      }
       if (c.kind === 'dir') {
         writeShortEntry(buf, off, c.raw11, ATTR_DIRECTORY, c.cluster, 0, ts);
       } else {
@@ -619,12 +646,28 @@ export function buildFat32(opts: Fat32Options): Buffer {
 // Reader
 
 interface RawEntry {
+  /** The long name when a complete LFN sequence precedes the short entry, else the short name. */
   name: string;
+  /** The short name as displayed ("CONFIG.TXT", lower-cased per the NT case flags). */
+  short: string;
   attr: number;
   firstCluster: number;
   size: number;
   /** Byte offset of the short entry within the image. */
   entryOffset: number;
+  /** Byte offsets of every slot the entry occupies: its LFN entries, then the short entry. */
+  slots: number[];
+}
+
+interface DirListing {
+  /** The directory's cluster chain. */
+  clusters: number[];
+  /** Entries without '.', '..' and volume labels. */
+  entries: RawEntry[];
+  /** The first volume-label entry, if any. */
+  label: string | null;
+  /** Raw 11-byte names of every short entry in use (labels and dot entries included). */
+  shortNames: Set<string>;
 }
 
 interface Volume {
@@ -634,12 +677,19 @@ interface Volume {
   clusterCount: number;
   fatOffset: number;
   fatBytes: number;
-  numFats: number;
+  /** FAT copies to write: all of them when mirrored, else the active one (BPB_ExtFlags). */
+  fatCopies: number[];
+  /** FAT copy to read. */
+  readFat: number;
   dataOffset: number;
   rootCluster: number;
   volumeId: number;
   bsLabel: string;
-  fsInfoOffsets: number[];
+  /**
+   * The FSInfo sector BPB_FSInfo names, when it carries valid signatures. Only that copy is maintained: the spec
+   * says the copy in the backup boot area is not kept up to date.
+   */
+  fsInfoOffset: number | null;
 }
 
 function corrupt(message: string, context: Record<string, unknown> = {}): never {
@@ -662,6 +712,7 @@ function openVolume(image: Buffer | Uint8Array): Volume {
   const fat16 = img.readUInt16LE(22);
   const tot32 = img.readUInt32LE(32);
   const fat32 = img.readUInt32LE(36);
+  const extFlags = img.readUInt16LE(40);
   if (![512, 1024, 2048, 4096].includes(bps)) invalid('bad bytes per sector', { bytesPerSector: bps });
   if (spc === 0 || (spc & (spc - 1)) !== 0) invalid('bad sectors per cluster', { sectorsPerCluster: spc });
   if (reserved === 0 || numFats === 0) invalid('bad reserved sector or FAT count', { reserved, numFats });
@@ -673,14 +724,15 @@ function openVolume(image: Buffer | Uint8Array): Volume {
   const dataSector = reserved + numFats * fat32;
   if (dataSector >= totalSectors) invalid('FATs extend past the end of the volume');
   const clusterCount = Math.min(Math.floor((totalSectors - dataSector) / spc), Math.floor((fat32 * bps) / 4) - 2);
+  // ExtFlags bit 7 set: mirroring is off and only the FAT numbered in bits 0-3 is in use.
+  const mirrored = (extFlags & 0x80) === 0;
+  const active = extFlags & 0x0f;
+  if (!mirrored && active >= numFats) invalid('active FAT index out of range', { active, numFats });
   const fsInfoSector = img.readUInt16LE(48);
-  const backupSector = img.readUInt16LE(50);
-  const fsInfoOffsets: number[] = [];
+  let fsInfoOffset: number | null = null;
   if (fsInfoSector > 0 && fsInfoSector < reserved) {
-    fsInfoOffsets.push(fsInfoSector * bps);
-    if (backupSector > 0 && backupSector !== 0xffff && backupSector + fsInfoSector < reserved) {
-      fsInfoOffsets.push((backupSector + fsInfoSector) * bps);
-    }
+    const o = fsInfoSector * bps;
+    if (img.readUInt32LE(o) === FSINFO_LEAD_SIG && img.readUInt32LE(o + 484) === FSINFO_STRUC_SIG) fsInfoOffset = o;
   }
   return {
     img,
@@ -689,21 +741,23 @@ function openVolume(image: Buffer | Uint8Array): Volume {
     clusterCount,
     fatOffset: reserved * bps,
     fatBytes: fat32 * bps,
-    numFats,
+    fatCopies: mirrored ? Array.from({ length: numFats }, (_, i) => i) : [active],
+    readFat: mirrored ? 0 : active,
     dataOffset: dataSector * bps,
     rootCluster: img.readUInt32LE(44),
     volumeId: img.readUInt32LE(67),
     bsLabel: img.toString('latin1', 71, 82).replace(/ +$/, ''),
-    fsInfoOffsets,
+    fsInfoOffset,
   };
 }
 
 function fatGet(v: Volume, c: number): number {
-  return v.img.readUInt32LE(v.fatOffset + c * 4) & FAT_MASK;
+  return v.img.readUInt32LE(v.fatOffset + v.readFat * v.fatBytes + c * 4) & FAT_MASK;
 }
 
+/** Set a FAT entry in every FAT copy in use, keeping the entry's reserved top 4 bits. */
 function fatSet(v: Volume, c: number, value: number): void {
-  for (let i = 0; i < v.numFats; i++) {
+  for (const i of v.fatCopies) {
     const off = v.fatOffset + i * v.fatBytes + c * 4;
     v.img.writeUInt32LE(((v.img.readUInt32LE(off) & 0xf0000000) | (value & FAT_MASK)) >>> 0, off);
   }
@@ -742,20 +796,23 @@ function shortDisplayName(b: Buffer, off: number): string {
   return ext ? `${base}.${ext}` : base;
 }
 
-/** Entries of a directory (without '.', '..' and volume labels); cluster 0 means the root. */
-function readDir(v: Volume, cluster: number): { entries: RawEntry[]; label: string | null } {
+/** Read the directory whose chain starts at `cluster`, up to its end marker. */
+function readDir(v: Volume, cluster: number): DirListing {
   const entries: RawEntry[] = [];
+  const shortNames = new Set<string>();
   let label: string | null = null;
   let lfnParts: string[] = [];
+  let lfnSlots: number[] = [];
   let lfnSum = -1;
   let lfnNext = 0; // next ordinal we expect (counting down), 0 = no sequence in progress
   const b = v.img;
-  const chain = clusterChain(v, cluster === 0 ? v.rootCluster : cluster);
-  for (const c of chain) {
+  const clusters = clusterChain(v, cluster);
+  const done = (): DirListing => ({ clusters, entries, label, shortNames });
+  for (const c of clusters) {
     const base = clusterOffset(v, c);
     for (let off = base; off < base + v.clusterSize; off += DIR_ENTRY) {
       const first = b[off]!;
-      if (first === 0x00) return { entries, label };
+      if (first === 0x00) return done();
       if (first === 0xe5) {
         lfnNext = 0;
         continue;
@@ -765,6 +822,7 @@ function readDir(v: Volume, cluster: number): { entries: RawEntry[]; label: stri
         const ord = first & 0x3f;
         if (first & 0x40) {
           lfnParts = new Array<string>(ord).fill('');
+          lfnSlots = [];
           lfnSum = b[off + 13]!;
           lfnNext = ord;
         }
@@ -779,11 +837,13 @@ function readDir(v: Volume, cluster: number): { entries: RawEntry[]; label: stri
           part += String.fromCharCode(u);
         }
         lfnParts[ord - 1] = part;
+        lfnSlots.push(off);
         lfnNext = ord - 1 === 0 ? -1 : ord - 1; // -1: complete sequence awaiting its short entry
         continue;
       }
       const complete = lfnNext === -1 && lfnChecksum(b, off) === lfnSum;
       lfnNext = 0;
+      shortNames.add(b.toString('latin1', off, off + 11));
       if (attr & ATTR_VOLUME_ID) {
         if (label === null) label = b.toString('latin1', off, off + 11).replace(/ +$/, '');
         continue;
@@ -792,38 +852,47 @@ function readDir(v: Volume, cluster: number): { entries: RawEntry[]; label: stri
       if (short === '.' || short === '..') continue;
       entries.push({
         name: complete ? lfnParts.join('') : short,
+        short,
         attr,
-        firstCluster: (b.readUInt16LE(off + 20) << 16) | b.readUInt16LE(off + 26),
+        firstCluster: ((b.readUInt16LE(off + 20) << 16) | b.readUInt16LE(off + 26)) >>> 0,
         size: b.readUInt32LE(off + 28),
         entryOffset: off,
+        slots: complete ? [...lfnSlots, off] : [off],
       });
     }
   }
-  return { entries, label };
+  return done();
 }
 
 function splitPath(path: string): string[] {
   return path.split('/').filter((p) => p !== '');
 }
 
+/** The entry called `name` (case-insensitively, by long name first, then by short name). */
+function findEntry(entries: RawEntry[], name: string): RawEntry | undefined {
+  const want = foldName(name);
+  return entries.find((e) => foldName(e.name) === want) ?? entries.find((e) => foldName(e.short) === want);
+}
+
+/** First cluster of the existing directory that holds the last of `parts`. */
+function parentDir(v: Volume, parts: string[], path: string): number {
+  let cluster = v.rootCluster;
+  for (let i = 0; i < parts.length - 1; i++) {
+    const dir = parts.slice(0, i + 1).join('/');
+    const e = findEntry(readDir(v, cluster).entries, parts[i]!);
+    if (e === undefined) throw new UzError('FAT_NOT_FOUND', `directory "${dir}" not found`, { path });
+    if (!(e.attr & ATTR_DIRECTORY) || e.firstCluster === 0) throw new UzError('FAT_NOT_FOUND', `"${dir}" is not a directory`, { path });
+    cluster = e.firstCluster;
+  }
+  return cluster;
+}
+
 function lookup(v: Volume, path: string): RawEntry {
   const parts = splitPath(path);
   if (parts.length === 0) throw new UzError('FAT_IS_DIR', `"${path}" is the root directory`, { path });
-  let dirCluster = 0;
-  let found: RawEntry | undefined;
-  for (let i = 0; i < parts.length; i++) {
-    if (i > 0) {
-      if (!(found!.attr & ATTR_DIRECTORY)) throw new UzError('FAT_NOT_FOUND', `"${path}": "${parts[i - 1]}" is not a directory`, { path });
-      dirCluster = found!.firstCluster;
-    }
-    const want = foldName(parts[i]!);
-    const { entries } = readDir(v, dirCluster);
-    found =
-      entries.find((e) => foldName(e.name) === want) ??
-      entries.find((e) => foldName(shortDisplayName(v.img, e.entryOffset)) === want);
-    if (found === undefined) throw new UzError('FAT_NOT_FOUND', `"${path}" not found`, { path });
-  }
-  return found!;
+  const found = findEntry(readDir(v, parentDir(v, parts, path)).entries, parts[parts.length - 1]!);
+  if (found === undefined) throw new UzError('FAT_NOT_FOUND', `"${path}" not found`, { path });
+  return found;
 }
 
 function readChain(v: Volume, e: RawEntry, path: string): Buffer {
@@ -849,7 +918,7 @@ function readChain(v: Volume, e: RawEntry, path: string): Buffer {
 /** Open a FAT32 image (a whole volume, e.g. a partition slice of a disk image) for reading. */
 export function readFat32(image: Buffer | Uint8Array): Fat32Reader {
   const v = openVolume(image);
-  const rootLabel = readDir(v, 0).label;
+  const rootLabel = readDir(v, v.rootCluster).label;
   const label = rootLabel ?? (v.bsLabel === 'NO NAME' ? '' : v.bsLabel);
   return {
     label,
@@ -869,7 +938,7 @@ export function readFat32(image: Buffer | Uint8Array): Fat32Reader {
           }
         }
       };
-      walk(0, '', 0);
+      walk(v.rootCluster, '', 0);
       return out;
     },
     readFile(path: string): Buffer {
@@ -878,6 +947,67 @@ export function readFat32(image: Buffer | Uint8Array): Fat32Reader {
       return readChain(v, e, path);
     },
   };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// In-place changes to an existing volume
+
+/** Write `data` across `clusters` in order; every byte of those clusters beyond the data is zeroed. */
+function writeClusters(v: Volume, clusters: readonly number[], data: Uint8Array): void {
+  clusters.forEach((c, i) => {
+    const off = clusterOffset(v, c);
+    const from = i * v.clusterSize;
+    const n = Math.max(0, Math.min(v.clusterSize, data.length - from));
+    if (n > 0) v.img.set(data.subarray(from, from + n), off);
+    v.img.fill(0, off + n, off + v.clusterSize);
+  });
+}
+
+/** Chain `clusters` in the FAT in this order, the last one marked end-of-chain. */
+function linkClusters(v: Volume, clusters: readonly number[]): void {
+  clusters.forEach((c, i) => fatSet(v, c, i + 1 < clusters.length ? clusters[i + 1]! : EOC));
+}
+
+/** FSInfo's next-free hint, or null when there is no FSInfo or the hint is unknown or out of range. */
+function fsInfoHint(v: Volume): number | null {
+  if (v.fsInfoOffset === null) return null;
+  const hint = v.img.readUInt32LE(v.fsInfoOffset + FSINFO_NEXT_FREE);
+  return validCluster(v, hint) ? hint : null;
+}
+
+/**
+ * Add `delta` to FSInfo's free-cluster count and, when `nextHint` is given, set the next-free hint. A count
+ * that leaves 0..clusterCount becomes "unknown": an inconsistent count is worse than one the next fsck or
+ * driver recomputes (the spec asks readers to range-check it anyway).
+ */
+function adjustFsInfo(v: Volume, delta: number, nextHint: number | null): void {
+  if (v.fsInfoOffset === null) return;
+  const o = v.fsInfoOffset;
+  const free = v.img.readUInt32LE(o + FSINFO_FREE_COUNT);
+  if (free !== FSINFO_UNKNOWN) {
+    const nf = free + delta;
+    v.img.writeUInt32LE(nf >= 0 && nf <= v.clusterCount ? nf : FSINFO_UNKNOWN, o + FSINFO_FREE_COUNT);
+  }
+  if (nextHint !== null) v.img.writeUInt32LE(validCluster(v, nextHint) ? nextHint : FSINFO_UNKNOWN, o + FSINFO_NEXT_FREE);
+}
+
+/** Take `n` free clusters (FAT entry 0), searching from the FSInfo hint on and wrapping around. */
+function allocateClusters(v: Volume, n: number): number[] {
+  if (n === 0) return [];
+  const start = fsInfoHint(v) ?? ROOT_CLUSTER;
+  const out: number[] = [];
+  for (let k = 0; k < v.clusterCount && out.length < n; k++) {
+    const c = ROOT_CLUSTER + ((start - ROOT_CLUSTER + k) % v.clusterCount);
+    if (fatGet(v, c) === 0) out.push(c);
+  }
+  if (out.length < n) {
+    throw new UzError('FAT_FULL', `the volume has ${out.length} free clusters of ${v.clusterSize} bytes; ${n} are needed`, {
+      needed: n,
+      available: out.length,
+      clusterSize: v.clusterSize,
+    });
+  }
+  return out;
 }
 
 /**
@@ -901,24 +1031,12 @@ export function overwriteFat32File(image: Buffer, path: string, data: Buffer | U
     });
   }
   const img = v.img;
-  for (let i = 0; i < chain.length; i++) {
-    const off = clusterOffset(v, chain[i]!);
-    const from = i * v.clusterSize;
-    const n = Math.max(0, Math.min(v.clusterSize, data.length - from));
-    if (n > 0) img.set(data.subarray(from, from + n), off);
-    img.fill(0, off + n, off + v.clusterSize);
-  }
+  writeClusters(v, chain, data);
   if (need < chain.length) {
+    const surplus = chain.slice(need);
     if (need > 0) fatSet(v, chain[need - 1]!, EOC);
-    for (let i = need; i < chain.length; i++) fatSet(v, chain[i]!, 0);
-    const freed = chain.length - need;
-    for (const off of v.fsInfoOffsets) {
-      if (img.readUInt32LE(off) !== 0x41615252 || img.readUInt32LE(off + 484) !== 0x61417272) continue;
-      const free = img.readUInt32LE(off + 488);
-      if (free !== 0xffffffff) img.writeUInt32LE(Math.min(free + freed, v.clusterCount), off + 488);
-      const hint = img.readUInt32LE(off + 492);
-      if (hint === 0xffffffff || !validCluster(v, hint)) img.writeUInt32LE(chain[need]!, off + 492);
-    }
+    for (const c of surplus) fatSet(v, c, 0);
+    adjustFsInfo(v, surplus.length, fsInfoHint(v) === null ? surplus[0]! : null);
   }
   const eo = e.entryOffset;
   const first = need === 0 ? 0 : e.firstCluster;
@@ -931,4 +1049,114 @@ export function overwriteFat32File(image: Buffer, path: string, data: Buffer | U
     img.writeUInt16LE(ts.date, eo + 24);
     img.writeUInt16LE(ts.date, eo + 18);
   }
+}
+
+export interface AddFileResult {
+  /** True when a file of that name existed and was replaced. */
+  replaced: boolean;
+  /** 11-byte short name used (e.g. "UZ-DEV~1JSO"). */
+  shortName: string;
+  clusters: number;
+}
+
+/**
+ * Write `data` as `path` into the FAT32 volume held in `image`, in place, the way a FAT driver would: every
+ * other file keeps its clusters, entries and timestamps (a bootloader or a person may have changed the volume
+ * since it was built, so rebuilding it would be wrong). Parent directories must exist.
+ *
+ *   - A file of the same name (case-insensitively, by long or short name) is deleted first: its content is
+ *     zeroed (it may hold a Wi-Fi key or token), its chain freed, its entries marked 0xE5. FAT_IS_DIR if it is
+ *     a directory.
+ *   - The name gets VFAT long-name entries plus a unique short alias (NAME~N.EXT) unless it already is an
+ *     upper-case 8.3 name that is free.
+ *   - The entries take the first run of free slots; the directory grows by zeroed clusters when there is none,
+ *     up to FAT's 65536 entries (FAT_DIR_FULL).
+ *   - Data clusters are taken from the FSInfo hint on (FAT_FULL when too few are free) and chained in every FAT
+ *     copy in use; the slack of the last cluster is zeroed; FSInfo's free count and hint are updated.
+ */
+export function addFat32File(image: Buffer, path: string, data: Buffer | Uint8Array, opts: { mtime?: Date } = {}): AddFileResult {
+  const v = openVolume(image);
+  const img = v.img;
+  const parts = splitPath(path);
+  if (parts.length === 0) throw new UzError('FAT_NAME_INVALID', 'empty path', { path });
+  parts.forEach((p) => validateComponent(p, path));
+  checkFileSize(path, data.length);
+  const ts = fatTime(opts.mtime ?? new Date());
+  const dirCluster = parentDir(v, parts, path);
+  const name = parts[parts.length - 1]!;
+  let dir = readDir(v, dirCluster);
+
+  let freed = 0;
+  const old = findEntry(dir.entries, name);
+  if (old !== undefined) {
+    if (old.attr & ATTR_DIRECTORY) throw new UzError('FAT_IS_DIR', `"${path}" is a directory`, { path });
+    const oldClusters = clusterChain(v, old.firstCluster);
+    writeClusters(v, oldClusters, Buffer.alloc(0));
+    for (const c of oldClusters) fatSet(v, c, 0);
+    freed = oldClusters.length;
+    for (const off of old.slots) img[off] = 0xe5;
+    dir = readDir(v, dirCluster);
+  }
+
+  const exact = exact83(name);
+  const lfn = exact === null || dir.shortNames.has(exact);
+  const raw11 = lfn ? new ShortNamer(dir.shortNames).alias(name) : exact;
+  const lfnCount = lfn ? lfnEntryCount(name) : 0;
+  const need = lfnCount + 1;
+
+  // First run of `need` free slots (deleted 0xE5, or the 0x00 end-of-directory tail).
+  const slots: number[] = [];
+  for (const c of dir.clusters) for (let o = 0; o < v.clusterSize; o += DIR_ENTRY) slots.push(clusterOffset(v, c) + o);
+  let runStart = -1;
+  let run = 0;
+  let tailFrom = -1;
+  for (let i = 0; i < slots.length; i++) {
+    const first = img[slots[i]!]!;
+    if (first === 0x00) {
+      // Everything from the end marker on is free.
+      tailFrom = i;
+      if (run === 0) runStart = i;
+      run = Math.min(need, run + (slots.length - i));
+      break;
+    }
+    if (first === 0xe5) {
+      if (run === 0) runStart = i;
+      if (++run === need) break;
+    } else {
+      run = 0;
+    }
+  }
+  let extra = 0;
+  if (run < need) {
+    // Grow the directory: a run still open here is the directory's tail (free slots up to the last one) and
+    // continues into the new zeroed clusters (0x00 = end of directory). Otherwise the last slot is in use (so
+    // there is no end marker) and the run starts in the first new cluster.
+    if (run === 0) runStart = slots.length;
+    const perCluster = v.clusterSize / DIR_ENTRY;
+    extra = Math.ceil((need - run) / perCluster);
+    if (slots.length + extra * perCluster > MAX_DIR_ENTRIES) {
+      throw new UzError('FAT_DIR_FULL', `directory of "${path}" cannot grow beyond ${MAX_DIR_ENTRIES} entries`, { path });
+    }
+  }
+  const taken = allocateClusters(v, extra + Math.ceil(data.length / v.clusterSize));
+  const dirNew = taken.slice(0, extra);
+  const fileClusters = taken.slice(extra);
+
+  if (dirNew.length > 0) {
+    writeClusters(v, dirNew, Buffer.alloc(0));
+    linkClusters(v, [dir.clusters[dir.clusters.length - 1]!, ...dirNew]);
+    for (const c of dirNew) for (let o = 0; o < v.clusterSize; o += DIR_ENTRY) slots.push(clusterOffset(v, c) + o);
+  }
+  linkClusters(v, fileClusters);
+  writeClusters(v, fileClusters, data);
+
+  // Slots past the end marker must read as zero once the marker moves behind our entries.
+  if (tailFrom >= 0) for (let i = tailFrom; i < slots.length; i++) img.fill(0, slots[i]!, slots[i]! + DIR_ENTRY);
+  const entrySlots = slots.slice(runStart, runStart + need);
+  writeLfnEntries(img, entrySlots.slice(0, lfnCount), name, raw11);
+  writeShortEntry(img, entrySlots[lfnCount]!, raw11, ATTR_ARCHIVE, fileClusters[0] ?? 0, data.length, ts);
+
+  const last = taken[taken.length - 1];
+  adjustFsInfo(v, freed - taken.length, last === undefined ? null : last + 1 <= v.clusterCount + 1 ? last + 1 : ROOT_CLUSTER);
+  return { replaced: old !== undefined, shortName: raw11, clusters: fileClusters.length };
 }

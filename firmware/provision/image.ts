@@ -6,10 +6,9 @@
 import { constants } from 'node:fs';
 import { copyFile, open, rm, stat } from 'node:fs/promises';
 import { UzError } from '../../lib/errors.js';
-import { readFat32 } from '../fs/fat32.js';
+import { addFat32File, readFat32 } from '../fs/fat32.js';
 import { MBR_TYPE_FAT32_LBA, SECTOR_SIZE, parseMbr, type MbrPartition } from '../fs/mbr.js';
 import { DEVICE_CONFIG_FILE, parseDeviceConfig, redactDeviceConfig, serializeDeviceConfig, type DeviceConfig, type DeviceConfigInput } from './config.js';
-import { addFat32File } from './fat-add.js';
 
 export const BOOT_LABEL = 'UZBOOT';
 /** Compare/write granularity when putting p1 back. */

@@ -5,6 +5,7 @@ import {
   FAT32_MIN_SIZE_BYTES,
   buildFat32,
   fat32Layout,
+  addFat32File,
   overwriteFat32File,
   readFat32,
   type Fat32File,
@@ -399,6 +400,7 @@ describe('overwriteFat32File', () => {
   it('rewrites in place when the data fits, releasing surplus clusters', () => {
     const img = base();
     const freeBefore = img.readUInt32LE(512 + 488);
+    const backupFsInfo = Buffer.from(img.subarray(7 * 512, 8 * 512));
     const stateDir = subdirCluster(img, 2, 'STATE      ');
     const before = rawShortEntries(img, stateDir).find((e) => e.size === 3 * cs)!;
 
@@ -420,7 +422,8 @@ describe('overwriteFat32File', () => {
     const fatBytes = l.fatSectors * 512;
     expect(img.subarray(fat, fat + fatBytes).equals(img.subarray(fat + fatBytes, fat + 2 * fatBytes))).toBe(true);
     expect(img.readUInt32LE(512 + 488)).toBe(freeBefore + 2);
-    expect(img.readUInt32LE(7 * 512 + 488)).toBe(freeBefore + 2);
+    // Only the FSInfo sector BPB_FSInfo names is maintained; the copy in the backup boot area is not (spec).
+    expect(img.subarray(7 * 512, 8 * 512).equals(backupFsInfo)).toBe(true);
 
     // Now only one cluster is owned.
     const e = errOf(() => overwriteFat32File(img, 'state/boot-state.json', Buffer.alloc(cs + 1)));
@@ -439,3 +442,68 @@ describe('overwriteFat32File', () => {
     expect(codeOf(() => overwriteFat32File(img, 'missing', Buffer.from('x')))).toBe('FAT_NOT_FOUND');
   });
 });
+
+describe('addFat32File (unit; real-tool checks are in test/provision/fat-add.test.ts)', () => {
+  const fat = 32 * 512;
+
+  it('keeps an upper-case 8.3 name without LFN entries, aliases the rest, and adjusts FSInfo', () => {
+    const img = build([{ path: 'a.txt', data: Buffer.from('a') }]);
+    const free = img.readUInt32LE(512 + 488);
+    expect(addFat32File(img, 'CONFIG.TXT', Buffer.alloc(1500, 1), { mtime: MTIME })).toEqual({ replaced: false, shortName: 'CONFIG  TXT', clusters: 3 });
+    expect(img.readUInt32LE(512 + 488)).toBe(free - 3);
+    // "config.txt" now only differs by case: it replaces the file (case-insensitive names).
+    expect(addFat32File(img, 'config.txt', Buffer.from('x')).replaced).toBe(true);
+    expect(img.readUInt32LE(512 + 488)).toBe(free - 1);
+    const r = readFat32(img);
+    expect(r.list().map((e) => e.path).sort()).toEqual(['a.txt', 'config.txt']);
+    expect(r.readFile('CONFIG.TXT').toString()).toBe('x');
+    // The plain upper-cased name is still free after the old entry was deleted, so it is reused, with an LFN.
+    expect(rawShortEntries(img, 2).map((e) => e.raw)).toContain('CONFIG  TXT');
+  });
+
+  it('folds case per UTF-16 unit, as Windows and Linux do: astral letters never match across case', () => {
+    const img = build([]);
+    addFat32File(img, '\u{10428}.txt', Buffer.from('lower'));
+    expect(addFat32File(img, '\u{10400}.txt', Buffer.from('upper')).replaced).toBe(false);
+    expect(readFat32(img).list()).toHaveLength(2);
+  });
+
+  it('writes only the active FAT when mirroring is off (BPB_ExtFlags bit 7)', () => {
+    const img = build([{ path: 'a.txt', data: Buffer.from('a') }]);
+    img.writeUInt16LE(0x81, 40); // mirroring off, FAT #1 active
+    const fat0 = Buffer.from(img.subarray(fat, fat + fatBytes(img)));
+    addFat32File(img, 'uz-device.json', Buffer.alloc(2000, 7));
+    expect(img.subarray(fat, fat + fatBytes(img)).equals(fat0)).toBe(true);
+    expect(img.subarray(fat + fatBytes(img), fat + 2 * fatBytes(img)).equals(fat0)).toBe(false);
+    expect(readFat32(img).readFile('uz-device.json').equals(Buffer.alloc(2000, 7))).toBe(true);
+    img.writeUInt16LE(0x8f, 40);
+    expect(codeOf(() => readFat32(img))).toBe('FAT_INVALID');
+  });
+
+  it('turns an out-of-range FSInfo free count into "unknown" rather than clamping it', () => {
+    const img = build([{ path: 'a.txt', data: Buffer.from('a') }]);
+    img.writeUInt32LE(1, 512 + 488);
+    addFat32File(img, 'b.bin', Buffer.alloc(2000));
+    expect(img.readUInt32LE(512 + 488)).toBe(0xffffffff);
+    expect(img.readUInt32LE(512 + 492)).toBeGreaterThan(2);
+  });
+
+  it('refuses bad names, missing directories and corrupt chains with coded errors', () => {
+    const img = build([{ path: 'dir/file.txt', data: Buffer.from('x') }]);
+    expect(codeOf(() => addFat32File(img, '', Buffer.from('x')))).toBe('FAT_NAME_INVALID');
+    expect(codeOf(() => addFat32File(img, 'a?b', Buffer.from('x')))).toBe('FAT_NAME_INVALID');
+    expect(codeOf(() => addFat32File(img, 'dir/..', Buffer.from('x')))).toBe('FAT_NAME_INVALID');
+    expect(codeOf(() => addFat32File(img, 'nodir/x', Buffer.from('x')))).toBe('FAT_NOT_FOUND');
+    expect(codeOf(() => addFat32File(img, 'dir/file.txt/x', Buffer.from('x')))).toBe('FAT_NOT_FOUND');
+    expect(codeOf(() => addFat32File(img, 'DIR', Buffer.from('x')))).toBe('FAT_IS_DIR');
+    expect(codeOf(() => addFat32File(Buffer.alloc(4096), 'x', Buffer.from('x')))).toBe('FAT_INVALID');
+    const looped = Buffer.from(img);
+    const e = rawShortEntries(looped, subdirCluster(looped, 2, 'DIR        '))[2]!;
+    looped.writeUInt32LE(e.cluster, fat + e.cluster * 4);
+    expect(codeOf(() => addFat32File(looped, 'dir/file.txt', Buffer.from('y')))).toBe('FAT_CORRUPT');
+  });
+});
+
+function fatBytes(img: Buffer): number {
+  return img.readUInt32LE(36) * 512;
+}

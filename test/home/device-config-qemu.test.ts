@@ -4,8 +4,8 @@
 // The fallbacks (last good provisioning, baked agent.json, lastError at the server) are tested on the host in
 // device-config.test.ts.
 import { afterAll, describe, expect, it } from 'vitest';
+import { addFat32File } from '../../firmware/fs/fat32.js';
 import { requireQemu } from '../../firmware/qemu.js';
-import { addFat32File } from '../../firmware/provision/fat-add.js';
 import { copyImage, ensureImage, readPartition, writeAt } from '../helpers/images.js';
 import { QemuSession } from '../helpers/qemu-session.js';
 

@@ -5,8 +5,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildFat32, readFat32, type Fat32File } from '../../firmware/fs/fat32.js';
-import { addFat32File } from '../../firmware/provision/fat-add.js';
+import { addFat32File, buildFat32, readFat32, type Fat32File } from '../../firmware/fs/fat32.js';
 import { bytes, readTree } from '../fs/helpers.js';
 import { fsckClean, run, tempDir } from './helpers.js';
 

@@ -5,9 +5,8 @@
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFat32 } from '../../firmware/fs/fat32.js';
+import { addFat32File, readFat32 } from '../../firmware/fs/fat32.js';
 import { DEVICE_CONFIG_FILE, parseDeviceConfig, serializeDeviceConfig, type DeviceConfigInput } from '../../firmware/provision/config.js';
-import { addFat32File } from '../../firmware/provision/fat-add.js';
 import { checkProvisionedImage, provisionImage } from '../../firmware/provision/image.js';
 import { fsckClean, hashExcept, makeTestImage, partitionInfo, readRange, run, tempDir, uz } from './helpers.js';
 
