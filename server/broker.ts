@@ -10,6 +10,7 @@
  * The server side never subscribes over the network: it sees every accepted publish through the broker's
  * `publish` event. `BrokerPort` is the seam where an external broker (Mosquitto + an MQTT client) plugs in.
  */
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -18,6 +19,7 @@ import { Aedes, type Client } from 'aedes';
 import { deviceIdFromCertificate, normalizeSerial } from '../firmware/ca/index.js';
 import { MAX_MESSAGE_BYTES, parseTopic, TOPIC_ROOT } from '../lib/protocol.js';
 import { UzError } from '../lib/errors.js';
+import { IndexedRetainedPersistence } from './broker-persistence.js';
 
 /** 'device': a full device session; 'enroll': a device without a certificate yet, allowed only to enroll. */
 export type SessionKind = 'device' | 'enroll';
@@ -75,6 +77,25 @@ export class RateLimiter {
   }
 }
 
+/** The soft limit on open files of this process (Linux: /proc/self/limits), Infinity if unlimited, null if unknown. */
+export function openFileLimit(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)\s/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m ? (m[1] === 'unlimited' ? Infinity : Number(m[1])) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Default cap on MQTT connections per listener: the open-file limit minus a reserve (database files, HTTP API
+ * and artifact downloads, logs), at least half the limit. 0 = no cap (limit unknown or unlimited).
+ */
+export function defaultMaxConnections(limit: number | null): number {
+  if (limit === null || !Number.isFinite(limit)) return 0;
+  return Math.max(Math.floor(limit / 2), limit - 512);
+}
+
 /** Enrollment sessions may only send requests and read their responses. */
 export function aclEnrollPublish(clientId: string, topic: string): boolean {
   const t = parseTopic(topic);
@@ -92,8 +113,10 @@ export interface EmbeddedBrokerOptions {
   authenticateEnroll?(deviceId: string, token: string): Promise<boolean>;
   ratePerSec: number;
   burst: number;
+  /** Cap on connections per listener (0 = none); beyond it a new connection is closed at once and logged. */
+  maxConnections?: number;
   log: { info(o: object, m?: string): void; warn(o: object, m?: string): void };
-  onRejected?(reason: 'auth' | 'acl-publish' | 'acl-subscribe' | 'rate' | 'too-large'): void;
+  onRejected?(reason: 'auth' | 'acl-publish' | 'acl-subscribe' | 'rate' | 'too-large' | 'connection-limit'): void;
 }
 
 export interface BrokerTlsOptions {
@@ -127,7 +150,19 @@ export class EmbeddedBroker implements ServerBroker {
   }
 
   static async create(o: EmbeddedBrokerOptions): Promise<EmbeddedBroker> {
-    const aedes = await Aedes.createBroker({ heartbeatInterval: 60_000, connectTimeout: 10_000, maxClientsIdLength: 64, queueLimit: 100, drainTimeout: 30_000 });
+    const aedes = await Aedes.createBroker({
+      heartbeatInterval: 60_000, connectTimeout: 10_000, maxClientsIdLength: 64, queueLimit: 100, drainTimeout: 30_000,
+      // Retained messages indexed per device (the stock store scans all of them on every SUBSCRIBE: O(n²) connects).
+      persistence: new IndexedRetainedPersistence(),
+      // No cap on messages being routed at once. With a cap (Aedes' default is 100) the overflow waits in
+      // mqemitter's queue, and that queue is drained by RECURSION whenever a message completes synchronously (a
+      // device publish nobody subscribes to, i.e. every status/event: the server reads them from the 'publish'
+      // event): a burst of a few thousand — 2,500 desired states dispatched at once while 10,000 devices report —
+      // overflowed the stack ("Maximum call stack size exceeded" in mqemitter) and killed the server. In-flight
+      // work stays bounded without the cap: each connection handles one read batch at a time, and the server's
+      // own publishes are bounded by the rollout's maxInFlight.
+      concurrency: 0,
+    });
     const b = new EmbeddedBroker(aedes, o);
     aedes.authenticate = (client, username, password, done) => {
       const id = client.id;
@@ -239,12 +274,7 @@ export class EmbeddedBroker implements ServerBroker {
     this.tlsOpts = { key: t.keyPem, cert: t.certPem, ca: [t.caPem], ...(t.crlPem ? { crl: [t.crlPem] } : {}), requestCert: true, rejectUnauthorized: !t.enrollment, minVersion: 'TLSv1.2' };
     const srv = createTlsServer(this.tlsOpts, this.aedes.handle);
     srv.on('tlsClientError', (e) => this.o.log.warn({ err: e.message }, 'TLS handshake failed'));
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', (e: NodeJS.ErrnoException) =>
-        reject(e.code === 'EADDRINUSE' ? new UzError('PORT_IN_USE', `MQTT TLS port ${host}:${port} is already in use (choose another with --mqtt-tls-port)`, { port }) : e),
-      );
-      srv.listen(port, host, () => resolve());
-    });
+    await this.listenOn(srv, host, port, () => new UzError('PORT_IN_USE', `MQTT TLS port ${host}:${port} is already in use (choose another with --mqtt-tls-port)`, { port }));
     this.tlsServer = srv;
     const a = srv.address();
     return typeof a === 'object' && a ? a.port : port;
@@ -265,15 +295,45 @@ export class EmbeddedBroker implements ServerBroker {
   /** Listens on TCP; PORT_IN_USE if the port is taken. Returns the bound port. */
   async listen(host: string, port: number): Promise<number> {
     const srv = createServer(this.aedes.handle);
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', (e: NodeJS.ErrnoException) =>
-        reject(e.code === 'EADDRINUSE' ? new UzError('PORT_IN_USE', `MQTT port ${host}:${port} is already in use (choose another with --mqtt-port)`, { port }) : e),
-      );
-      srv.listen(port, host, () => resolve());
-    });
+    await this.listenOn(srv, host, port, () => new UzError('PORT_IN_USE', `MQTT port ${host}:${port} is already in use (choose another with --mqtt-port)`, { port }));
     this.tcp = srv;
     const a = srv.address();
     return typeof a === 'object' && a ? a.port : port;
+  }
+
+  private dropWarned = 0;
+  private errorWarned = 0;
+  /**
+   * Binds a listener. Afterwards: the connection cap (see maxConnections), a logged refusal when it is reached,
+   * and listener errors (e.g. EMFILE from accept: out of file descriptors) logged instead of crashing the
+   * process (an 'error' event without a listener is thrown).
+   */
+  private async listenOn(srv: Server | TlsServer, host: string, port: number, inUse: () => UzError): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (e: NodeJS.ErrnoException): void => reject(e.code === 'EADDRINUSE' ? inUse() : e);
+      srv.once('error', onError);
+      srv.listen(port, host, () => {
+        srv.off('error', onError);
+        resolve();
+      });
+    });
+    if (this.o.maxConnections) srv.maxConnections = this.o.maxConnections;
+    srv.on('drop', () => {
+      this.o.onRejected?.('connection-limit');
+      const now = Date.now();
+      if (now - this.dropWarned < 10_000) return;
+      this.dropWarned = now;
+      this.o.log.warn(
+        { maxConnections: srv.maxConnections, connected: this.aedes.connectedClients, openFileLimit: openFileLimit() },
+        'MQTT connection refused: connection limit reached (each connection is a file descriptor: raise the open-file limit, ulimit -n / systemd LimitNOFILE, or set mqtt.maxConnections)',
+      );
+    });
+    srv.on('error', (e: NodeJS.ErrnoException) => {
+      const now = Date.now();
+      if (now - this.errorWarned < 10_000) return;
+      this.errorWarned = now;
+      this.o.log.warn({ err: e.message, code: e.code, openFileLimit: openFileLimit() }, e.code === 'EMFILE' || e.code === 'ENFILE' ? 'MQTT listener out of file descriptors: connections are being refused (raise the open-file limit: ulimit -n / systemd LimitNOFILE)' : 'MQTT listener error');
+    });
   }
 
   /** Hands an upgraded WebSocket stream (MQTT over WebSocket) to the broker. */

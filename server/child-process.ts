@@ -1,6 +1,6 @@
 // Starting `uz server` as a child process (benchmarks, crash tests) and small helpers for bench/ scripts.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,14 +33,21 @@ export interface ServerProc {
   stop(): Promise<void>;
 }
 
-export async function startServerProcess(data: string, env: Record<string, string> = {}): Promise<ServerProc> {
+/** `nodeArgs`: extra Node.js flags for the server process (e.g. `--cpu-prof`, which NODE_OPTIONS does not take). */
+export async function startServerProcess(data: string, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<ServerProc> {
   const [httpPort, mqttPort] = [await freePort(), await freePort()];
-  const child = spawn(process.execPath, [uzBin, 'server', '--data', data, '--http-port', String(httpPort), '--mqtt-port', String(mqttPort)], {
-    stdio: ['ignore', 'ignore', 'pipe'],
+  const child = spawn(process.execPath, [...nodeArgs, uzBin, 'server', '--data', data, '--http-port', String(httpPort), '--mqtt-port', String(mqttPort)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, UZ_SERVER_LOG_LEVEL: 'warn', ...env },
   });
   let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  // The server's log (stdout) and stderr are kept in <data>/server.log for diagnosis after a run.
+  const logFile = join(data, 'server.log');
+  child.stdout!.on('data', (d: Buffer) => appendFileSync(logFile, d));
+  child.stderr!.on('data', (d: Buffer) => {
+    if (err.length < 1_000_000) err += d.toString();
+    appendFileSync(logFile, d);
+  });
   const t0 = Date.now();
   while (!err.includes('uz server ready')) {
     if (child.exitCode !== null || Date.now() - t0 > 30_000) throw new Error(`server did not start: ${err}`);
@@ -61,7 +68,7 @@ export async function startServerProcess(data: string, env: Record<string, strin
       }
     },
     async stop() {
-      if (child.exitCode !== null) return;
+      if (child.exitCode !== null || child.signalCode !== null) return; // already gone (exited or killed)
       child.kill('SIGTERM');
       await new Promise((r) => child.once('exit', r));
     },

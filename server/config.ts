@@ -54,6 +54,12 @@ export const ServerConfigSchema = z.strictObject({
       /** Per-device message budget: sustained messages/second and burst; beyond it the device is disconnected. */
       deviceMsgPerSec: z.number().positive().default(20),
       deviceMsgBurst: z.number().int().positive().default(100),
+      /**
+       * Embedded broker: at most this many MQTT connections per listener; more are closed at once and logged
+       * ("connection limit reached"). Default: the process's open-file limit minus a reserve for the database,
+       * the HTTP API and artifact downloads (each connection is a file descriptor); 0 = no cap.
+       */
+      maxConnections: z.number().int().min(0).optional(),
       /** Dev mode: an unknown device id that connects is registered with the password it presented (TOFU). */
       autoRegister: z.boolean().default(true),
       /**

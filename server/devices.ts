@@ -93,7 +93,7 @@ export class DeviceService {
           const fresh = await this.freshen(deviceId, dev.desired);
           if (fresh !== dev.desired) this.publishDesired(deviceId, fresh);
         }
-        void this.d.rollouts().tick();
+        this.d.rollouts().poke();
       }
     } catch (e) {
       this.d.log.warn({ device: deviceId, err: (e as Error).message }, 'presence update failed');

@@ -14,7 +14,7 @@ import { pino, type Logger } from 'pino';
 import { UzError, isUzError } from '../lib/errors.js';
 import { ArtifactStore } from './artifacts.js';
 import { DeviceAuth, UrlSigner, createApiToken } from './auth.js';
-import { EmbeddedBroker, type ServerBroker } from './broker.js';
+import { EmbeddedBroker, defaultMaxConnections, openFileLimit, type ServerBroker } from './broker.js';
 import { ExternalBroker, redactMqttUrl } from './broker-external.js';
 import { trustRootPath, type ServerConfig } from './config.js';
 import { EnrollmentService } from './enrollment.js';
@@ -164,6 +164,7 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
       ...(config.caDir ? { authenticateEnroll: (id: string, token: string) => enrollment.canEnroll(id, token) } : {}),
       ratePerSec: config.mqtt.deviceMsgPerSec,
       burst: config.mqtt.deviceMsgBurst,
+      maxConnections: config.mqtt.maxConnections ?? defaultMaxConnections(openFileLimit()),
       log: logger,
       onRejected: (reason) => metricsRef.m?.rejected.inc({ reason }),
     });
@@ -264,6 +265,9 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
         if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') throw new UzError('PORT_IN_USE', `HTTP port ${config.http.host}:${config.http.port} is already in use (choose another with --http-port)`, { port: config.http.port });
         throw e;
       }
+      // accept errors (EMFILE: out of file descriptors) are logged; an 'error' event without a listener would
+      // be thrown and end the process
+      app.server.on('error', (e: NodeJS.ErrnoException) => logger.warn({ err: e.message, code: e.code, openFileLimit: openFileLimit() }, 'HTTP listener error'));
       const addr = app.server.address();
       const httpPort = typeof addr === 'object' && addr ? addr.port : config.http.port;
       if (!config.http.publicUrl) httpBase = `http://${config.http.host}:${httpPort}`;
@@ -285,10 +289,16 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
         await app.close();
         throw e;
       }
+      const fdLimit = openFileLimit();
+      if (broker instanceof EmbeddedBroker && fdLimit !== null && fdLimit < 4096) {
+        const cap = config.mqtt.maxConnections ?? defaultMaxConnections(fdLimit);
+        logger.warn({ openFileLimit: fdLimit, maxConnections: cap }, `the open-file limit is ${fdLimit}: the embedded broker takes at most ${cap || fdLimit} device connections; for a larger fleet raise it (ulimit -n, systemd LimitNOFILE)`);
+      }
       const republished = await devices.republishAll();
-      timer = setInterval(() => void rollouts.tick(), config.rolloutTickMs);
+      const tickLogged = (): void => void rollouts.tick().catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'rollout tick failed'));
+      timer = setInterval(tickLogged, config.rolloutTickMs);
       timer.unref();
-      void rollouts.tick();
+      tickLogged();
       const urls: StartedUrls = {
         http: httpBase,
         mqtt: mqttUrl,
@@ -303,6 +313,7 @@ export async function createServer(config: Readonly<ServerConfig>, o: CreateServ
       if (closed) return;
       closed = true;
       if (timer) clearInterval(timer);
+      rollouts.stop();
       await app.close();
       logger.flush?.();
     },

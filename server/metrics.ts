@@ -17,10 +17,9 @@ export class Metrics {
     new Gauge({
       name: 'uz_devices', help: 'Registered devices by presence', labelNames: ['presence'], registers: reg,
       async collect() {
-        const d = await storage.listDevices();
-        const on = d.filter((x) => x.online).length;
-        this.set({ presence: 'online' }, on);
-        this.set({ presence: 'offline' }, d.length - on);
+        const d = await storage.deviceSummary(); // counted in the database, not by loading every row
+        this.set({ presence: 'online' }, d.online);
+        this.set({ presence: 'offline' }, d.total - d.online);
       },
     });
     new Gauge({ name: 'uz_mqtt_connected_clients', help: 'Clients connected to the embedded broker', registers: reg, collect() { this.set(connected()); } });

@@ -53,6 +53,9 @@ function stageLabel(s: Stage | undefined): string {
   return s.percent !== undefined ? `${s.percent}%` : `${s.count}`;
 }
 
+/** Longest wait of an event-triggered tick (see RolloutService.poke). */
+const POKE_MS = 20;
+
 export class RolloutService {
   private ticking: Promise<void> | null = null;
   private again = false;
@@ -118,7 +121,7 @@ export class RolloutService {
     await this.s.createRollout(row, members);
     await this.s.appendAudit({ ts: now, actor, action: 'rollout.create', target: id, details: { releaseId, target: row.target, devices: members.length, stages: norm } });
     this.d.log.info({ rollout: id, release: releaseId, devices: members.length }, 'rollout created');
-    void this.tick();
+    this.tickNow();
     return row;
   }
 
@@ -161,7 +164,7 @@ export class RolloutService {
       if (updated) {
         await this.s.appendAudit({ ts: now, actor, action: `rollout.${action}`, target: id, details: { from: r.state, to: updated.state } });
         this.d.log.info({ rollout: id, actor }, `rollout ${action}`);
-        if (action === 'resume') void this.tick();
+        if (action === 'resume') this.tickNow();
         return updated;
       }
     }
@@ -175,6 +178,33 @@ export class RolloutService {
   }
   abort(id: string, actor: string): Promise<RolloutRow> {
     return this.mutate(id, actor, 'abort');
+  }
+
+  private pokeTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
+
+  /**
+   * A tick soon: what device outcomes and devices coming online call. A burst of them (10,000 devices
+   * reporting) shares one tick at most POKE_MS later instead of each paying for the stage statistics.
+   */
+  poke(): void {
+    if (this.pokeTimer || this.stopped) return;
+    this.pokeTimer = setTimeout(() => {
+      this.pokeTimer = null;
+      this.tickNow();
+    }, POKE_MS);
+    this.pokeTimer.unref();
+  }
+
+  private tickNow(): void {
+    this.tick().catch((e: unknown) => this.d.log.warn({ err: (e as Error).message }, 'rollout tick failed'));
+  }
+
+  /** No more pokes (server shutdown). */
+  stop(): void {
+    this.stopped = true;
+    if (this.pokeTimer) clearTimeout(this.pokeTimer);
+    this.pokeTimer = null;
   }
 
   /** Runs one pass over every running (and paused, for timeouts) rollout. Single-flight; coalesces calls. */
@@ -218,7 +248,7 @@ export class RolloutService {
     if (!release) return;
     for (let step = 0; step < 16; step++) {
       const stats = await this.s.stageStats(r.id);
-      const onlinePending = await this.countOnlinePending(r.id, r.stageIndex);
+      const onlinePending = await this.s.countOnlinePending(r.id, r.stageIndex);
       const dec = decide({ rollout: r, stats, onlinePendingEligible: onlinePending, dispatchedLastMinute: await this.s.dispatchedSince(r.id, now - 60_000), now });
       if (dec.kind === 'idle') return;
       let next: RolloutRow | null = null;
@@ -245,15 +275,6 @@ export class RolloutService {
     }
   }
 
-  private async countOnlinePending(rolloutId: string, maxStage: number): Promise<number> {
-    const pend = await this.s.listMembers(rolloutId, { state: 'pending' });
-    if (pend.length === 0) return 0;
-    const eligible = pend.filter((m) => m.stage <= maxStage).map((m) => m.deviceId);
-    if (eligible.length === 0) return 0;
-    const online = (await this.s.listDevices({ ids: eligible })).filter((d) => d.online);
-    return online.length;
-  }
-
   desiredFor(m: MemberRow, release: ReleaseRow, now: number): Desired {
     return { v: 1, txid: m.txid!, deploymentId: m.rolloutId, issuedAt: now, release: this.d.releaseRef(release, m.deviceId) };
   }
@@ -272,7 +293,7 @@ export class RolloutService {
     const changed = await this.s.finishMember(m.rolloutId, deviceId, ok ? 'succeeded' : 'failed', err, this.d.now());
     if (changed) {
       this.d.onOutcome?.(ok ? 'succeeded' : 'failed', 1);
-      void this.tick();
+      this.poke();
     }
     return changed;
   }
@@ -289,7 +310,7 @@ export class RolloutService {
         changed = true;
       }
     }
-    if (changed) void this.tick();
+    if (changed) this.poke();
     return changed;
   }
 }

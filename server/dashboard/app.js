@@ -1,4 +1,6 @@
 // Dashboard: polls the API every 2 s with the token kept in localStorage (or given as #token=… once).
+// It polls aggregates (GET /api/v1/fleet/summary) and one page of devices (the filter runs on the server),
+// never the whole fleet: with 10,000 devices the full list is megabytes every 2 s.
 const $ = (s) => document.querySelector(s);
 const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 const ago = (ts) => {
@@ -42,26 +44,21 @@ $('#login-form').addEventListener('submit', (e) => {
   boot();
 });
 
-function count(list, f) {
-  const m = new Map();
-  for (const x of list) {
-    const k = f(x);
-    m.set(k, (m.get(k) ?? 0) + 1);
-  }
-  return [...m.entries()].sort((a, b) => b[1] - a[1]);
+/** Counts by key, largest first; devices without a status yet count as `none`. */
+function count(byKey, total, reporting, none) {
+  const pairs = Object.entries(byKey);
+  if (total > reporting) pairs.push([none, total - reporting]);
+  return pairs.sort((a, b) => b[1] - a[1]);
 }
 
-function renderCards(devices) {
-  const on = devices.filter((d) => d.online).length;
-  const unhealthy = devices.filter((d) => d.status && !d.status.workload.healthy).length;
-  const errors = devices.filter((d) => d.status?.lastError).length;
+function renderCards(s) {
   const list = (pairs) => pairs.slice(0, 4).map(([k, v]) => `<div><span>${esc(k)}</span><span>${v}</span></div>`).join('');
   $('#cards').innerHTML = `
-    <div class="card" data-testid="online"><small>online</small><b class="ok">${on}</b><small>of ${devices.length} devices</small></div>
-    <div class="card"><small>offline</small><b class="${devices.length - on ? 'warn' : ''}">${devices.length - on}</b><small>not connected</small></div>
-    <div class="card"><small>versions</small><div class="bars">${list(count(devices, (d) => d.status?.version ?? 'unknown'))}</div></div>
-    <div class="card"><small>active slot</small><div class="bars">${list(count(devices, (d) => d.status?.slot ?? '?'))}</div></div>
-    <div class="card"><small>health</small><b class="${unhealthy ? 'bad' : 'ok'}">${devices.length - unhealthy}</b><small>healthy · ${errors} with last error</small></div>`;
+    <div class="card" data-testid="online"><small>online</small><b class="ok">${s.online}</b><small>of ${s.total} devices</small></div>
+    <div class="card"><small>offline</small><b class="${s.total - s.online ? 'warn' : ''}">${s.total - s.online}</b><small>not connected</small></div>
+    <div class="card"><small>versions</small><div class="bars">${list(count(s.versions, s.total, s.reporting, 'unknown'))}</div></div>
+    <div class="card"><small>active slot</small><div class="bars">${list(count(s.slots, s.total, s.reporting, '?'))}</div></div>
+    <div class="card"><small>health</small><b class="${s.unhealthy ? 'bad' : 'ok'}">${s.total - s.unhealthy}</b><small>healthy · ${s.withError} with last error</small></div>`;
 }
 
 function renderRollouts(rollouts) {
@@ -108,18 +105,33 @@ $('#rollouts').addEventListener('click', async (e) => {
   refresh();
 });
 
+const PAGE = 500;
 let lastDevices = [];
+/** One page of devices; the filter (id, version or state) is applied by the server. */
+function devicesUrl() {
+  const f = $('#filter').value.trim();
+  return `/api/v1/devices?limit=${PAGE}${f ? `&q=${encodeURIComponent(f.slice(0, 64))}` : ''}`;
+}
 function renderDevices(devices) {
   lastDevices = devices;
-  const f = $('#filter').value.trim().toLowerCase();
-  const rows = devices.filter((d) => !f || [d.id, d.status?.version, d.status?.state].join(' ').toLowerCase().includes(f)).slice(0, 500);
+  const rows = devices;
   $('#devices tbody').innerHTML = rows.map((d) => `<tr data-id="${esc(d.id)}" class="${d.id === selected ? 'sel' : ''}">
     <td>${esc(d.id)}</td><td><span class="dot ${d.online ? 'on' : ''}"></span>${d.online ? 'online' : 'offline'}</td>
     <td>${esc(d.status?.version ?? '-')}</td><td>${esc(d.status?.slot ?? '-')}</td><td>${esc(d.status?.state ?? '-')}</td>
     <td>${d.status ? (d.status.workload.healthy ? '<span class="ok">healthy</span>' : '<span class="bad">unhealthy</span>') : '-'}</td>
     <td class="bad">${esc(d.status?.lastError?.code ?? '')}</td><td class="muted">${ago(d.lastSeen)}</td></tr>`).join('');
 }
-$('#filter').addEventListener('input', () => renderDevices(lastDevices));
+let filterTimer = null;
+$('#filter').addEventListener('input', () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(async () => {
+    try {
+      renderDevices((await api(devicesUrl())).devices);
+    } catch (e) {
+      $('#footer').textContent = `error: ${e.message}`;
+    }
+  }, 200);
+});
 $('#devices').addEventListener('click', (e) => {
   const tr = e.target.closest('tr[data-id]');
   if (!tr) return;
@@ -150,12 +162,13 @@ async function renderDetail() {
 async function refresh() {
   if (!token) return;
   try {
-    const [{ devices }, { rollouts }] = await Promise.all([api('/api/v1/devices'), api('/api/v1/rollouts')]);
-    renderCards(devices);
+    const [{ summary }, { devices, next }, { rollouts }] = await Promise.all([api('/api/v1/fleet/summary'), api(devicesUrl()), api('/api/v1/rollouts')]);
+    renderCards(summary);
     renderRollouts(rollouts);
     renderDevices(devices);
     if (selected) await renderDetail();
-    $('#footer').textContent = `updated ${new Date().toLocaleTimeString()} · ${devices.length} devices · ${rollouts.length} rollouts`;
+    const shown = next ? ` (first ${devices.length} shown; filter to find others)` : '';
+    $('#footer').textContent = `updated ${new Date().toLocaleTimeString()} · ${summary.total} devices${shown} · ${rollouts.length} rollouts`;
     document.body.dataset.ready = '1';
   } catch (e) {
     $('#footer').textContent = `error: ${e.message}`;

@@ -12,12 +12,26 @@ const Patch = z.strictObject({ channel: Name.optional(), tags: z.array(Name).max
 
 export const devicesPlugin: UzPlugin = async (app, { ctx }) => {
   const s = ctx.storage;
-  app.get('/api/v1/devices', { preHandler: requireRole(s, 'viewer'), schema: { tags: ['devices'], summary: 'List devices (filter by channel or tag)' } }, async (req) => {
-    const q = parse(z.object({ channel: Name.optional(), tag: Name.optional(), enrollment: z.enum(['none', 'pending', 'approved', 'rejected', 'revoked']).optional() }), req.query, 'query');
-    const { enrollment, ...f } = q;
-    const all = await s.listDevices(f);
-    return { devices: enrollment ? all.filter((d) => d.enrollment === enrollment) : all };
+  const ListQuery = z.object({
+    channel: Name.optional(),
+    tag: Name.optional(),
+    enrollment: z.enum(['none', 'pending', 'approved', 'rejected', 'revoked']).optional(),
+    /** Case-insensitive substring of "<id> <version> <state>". */
+    q: z.string().min(1).max(64).optional(),
+    /** Page size; without it every matching device is returned. */
+    limit: z.coerce.number().int().min(1).max(10_000).optional(),
+    /** Keyset cursor: the `next` of the previous page (devices are ordered by id). */
+    after: z.string().max(64).optional(),
   });
+  app.get('/api/v1/devices', { preHandler: requireRole(s, 'viewer'), schema: { tags: ['devices'], summary: 'List devices (filter by channel, tag or enrollment state; paginate with limit + after)', querystring: z.toJSONSchema(ListQuery) } }, async (req) => {
+    const { q: search, ...q } = parse(ListQuery, req.query, 'query');
+    const devices = await s.listDevices({ ...q, ...(search !== undefined ? { search } : {}) });
+    return { devices, next: q.limit !== undefined && devices.length === q.limit ? devices[devices.length - 1]!.id : null };
+  });
+  const SummaryQuery = z.object({ channel: Name.optional(), tag: Name.optional() });
+  app.get('/api/v1/fleet/summary', { preHandler: requireRole(s, 'viewer'), schema: { tags: ['devices'], summary: 'Fleet aggregates: devices, online, reporting, by version and state, unhealthy, with errors', querystring: z.toJSONSchema(SummaryQuery) } }, async (req) => ({
+    summary: await s.deviceSummary(parse(SummaryQuery, req.query, 'query')),
+  }));
   app.get('/api/v1/devices/:id', { preHandler: requireRole(s, 'viewer'), schema: { tags: ['devices'], summary: 'One device with its update history and rollouts' } }, async (req) => {
     const { id } = parse(z.object({ id: DeviceId }), req.params, 'params');
     const d = await s.getDevice(id);

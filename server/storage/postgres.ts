@@ -19,7 +19,7 @@
 import pg from 'pg';
 import type { Desired, Status } from '../../lib/protocol.js';
 import type {
-  AuditRow, ChannelRow, DeviceEventRow, DeviceFilter, DeviceRow, EnrollmentState, EnrollTokenRow, MemberRow, MemberState, ReleaseRow, Role, RolloutRow,
+  AuditRow, ChannelRow, DeviceEventRow, DeviceFilter, DeviceRow, DeviceSummary, EnrollmentState, EnrollTokenRow, MemberRow, MemberState, ReleaseRow, Role, RolloutRow,
   RolloutState, StageStats, Storage, TokenRow,
 } from './types.js';
 
@@ -253,17 +253,45 @@ export class PostgresStorage implements Storage {
     const r = await this.one(`SELECT * FROM devices WHERE id = $1`, [id]);
     return r ? deviceRow(r) : null;
   }
-  async listDevices(f: DeviceFilter = {}): Promise<DeviceRow[]> {
+  private deviceWhere(f: DeviceFilter): { sql: string; args: unknown[] } {
     const where: string[] = [];
     const args: unknown[] = [];
     if (f.channel !== undefined) (args.push(f.channel), where.push(`channel = $${args.length}`));
     if (f.tag !== undefined) (args.push(f.tag), where.push(`tags ? $${args.length}`));
-    if (f.ids !== undefined) {
-      if (f.ids.length === 0) return [];
-      args.push(f.ids);
-      where.push(`id = ANY($${args.length}::text[])`);
+    if (f.ids !== undefined) (args.push(f.ids), where.push(`id = ANY($${args.length}::text[])`));
+    if (f.enrollment !== undefined) (args.push(f.enrollment), where.push(`enrollment = $${args.length}`));
+    if (f.search !== undefined) {
+      args.push(f.search.toLowerCase());
+      where.push(`strpos(lower(id || ' ' || COALESCE(status->>'version', '') || ' ' || COALESCE(status->>'state', '')), $${args.length}) > 0`);
     }
-    return (await this.all(`SELECT * FROM devices ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id`, args)).map(deviceRow);
+    // COLLATE "C": the same byte order as SQLite and JavaScript, so pages follow `after` exactly
+    if (f.after !== undefined) (args.push(f.after), where.push(`id COLLATE "C" > $${args.length}`));
+    return { sql: where.length ? 'WHERE ' + where.join(' AND ') : '', args };
+  }
+  async listDevices(f: DeviceFilter = {}): Promise<DeviceRow[]> {
+    if (f.ids !== undefined && f.ids.length === 0) return [];
+    const w = this.deviceWhere(f);
+    const limit = f.limit !== undefined ? ` LIMIT ${Math.max(0, Math.floor(f.limit))}` : '';
+    return (await this.all(`SELECT * FROM devices ${w.sql} ORDER BY id COLLATE "C"${limit}`, w.args)).map(deviceRow);
+  }
+  async deviceSummary(f: Pick<DeviceFilter, 'channel' | 'tag'> = {}): Promise<DeviceSummary> {
+    const w = this.deviceWhere({ channel: f.channel, tag: f.tag });
+    const t = (await this.one(
+      `SELECT COUNT(*) total, COUNT(*) FILTER (WHERE online) online, COUNT(status) reporting,
+         COUNT(*) FILTER (WHERE status->'workload'->>'healthy' = 'false') unhealthy,
+         COUNT(*) FILTER (WHERE status ? 'lastError' AND status->'lastError' <> 'null'::jsonb) with_error
+       FROM devices ${w.sql}`,
+      w.args,
+    ))!;
+    const group = async (expr: string): Promise<Record<string, number>> => {
+      const out: Record<string, number> = {};
+      for (const r of await this.all(`SELECT ${expr} k, COUNT(*) n FROM devices ${w.sql ? w.sql + ' AND' : 'WHERE'} status IS NOT NULL GROUP BY k ORDER BY n DESC, k`, w.args)) out[String(r.k)] = Number(r.n);
+      return out;
+    };
+    return {
+      total: Number(t.total), online: Number(t.online), reporting: Number(t.reporting), versions: await group(`status->>'version'`),
+      states: await group(`status->>'state'`), slots: await group(`status->>'slot'`), unhealthy: Number(t.unhealthy), withError: Number(t.with_error),
+    };
   }
   async updateDeviceMeta(id: string, patch: { channel?: string; tags?: string[] }): Promise<boolean> {
     return (await this.run(`UPDATE devices SET channel = COALESCE($1, channel), tags = COALESCE($2::jsonb, tags) WHERE id = $3`, [patch.channel ?? null, patch.tags ? js(patch.tags) : null, id])) === 1;
@@ -448,6 +476,13 @@ export class PostgresStorage implements Storage {
     const lim = opts.limit ?? 100_000;
     if (opts.state) return (await this.all(`SELECT * FROM rollout_devices WHERE rollout_id = $1 AND state = $2 ORDER BY position LIMIT $3`, [rolloutId, opts.state, lim])).map(memberRow);
     return (await this.all(`SELECT * FROM rollout_devices WHERE rollout_id = $1 ORDER BY position LIMIT $2`, [rolloutId, lim])).map(memberRow);
+  }
+  async countOnlinePending(rolloutId: string, maxStage: number): Promise<number> {
+    return Number((await this.one(
+      `SELECT COUNT(*) n FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
+       WHERE rd.rollout_id = $1 AND rd.state = 'pending' AND rd.stage <= $2 AND d.online`,
+      [rolloutId, maxStage],
+    ))!.n);
   }
   async activeMemberships(deviceId: string): Promise<MemberRow[]> {
     return (await this.all(

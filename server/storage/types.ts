@@ -177,6 +177,30 @@ export interface DeviceFilter {
   channel?: string;
   tag?: string;
   ids?: string[];
+  enrollment?: EnrollmentState;
+  /** Case-insensitive substring of "<id> <version> <state>" (version and state from the last status). */
+  search?: string;
+  /** Keyset pagination: only ids greater than this (the list is ordered by id). */
+  after?: string;
+  /** At most this many rows. */
+  limit?: number;
+}
+
+/** Fleet aggregates (what a dashboard or a benchmark polls instead of every device row). */
+export interface DeviceSummary {
+  total: number;
+  online: number;
+  /** Devices that have sent at least one status. */
+  reporting: number;
+  /** Running version (from the last status) → devices; devices without a status are not counted. */
+  versions: Record<string, number>;
+  /** Agent state (from the last status) → devices. */
+  states: Record<string, number>;
+  /** Active slot (from the last status) → devices. */
+  slots: Record<string, number>;
+  unhealthy: number;
+  /** Devices whose last status carries a lastError. */
+  withError: number;
 }
 
 export interface Storage {
@@ -190,6 +214,8 @@ export interface Storage {
   deviceSecretHash(id: string): Promise<string | null | undefined>;
   getDevice(id: string): Promise<DeviceRow | null>;
   listDevices(f?: DeviceFilter): Promise<DeviceRow[]>;
+  /** Aggregates over the devices matching the filter (channel/tag only), computed in the database. */
+  deviceSummary(f?: Pick<DeviceFilter, 'channel' | 'tag'>): Promise<DeviceSummary>;
   updateDeviceMeta(id: string, patch: { channel?: string; tags?: string[] }): Promise<boolean>;
   setPresence(id: string, online: boolean, now: number): Promise<void>;
   setStatus(id: string, status: Status, now: number): Promise<void>;
@@ -237,6 +263,8 @@ export interface Storage {
   /** pending members of stages ≤ maxStage -> skipped (offline grace expired). */
   skipPending(rolloutId: string, maxStage: number, reason: string, now: number): Promise<number>;
   listMembers(rolloutId: string, opts?: { state?: MemberState; limit?: number }): Promise<MemberRow[]>;
+  /** Pending members of stages ≤ maxStage whose device is online (what the next dispatch could take). */
+  countOnlinePending(rolloutId: string, maxStage: number): Promise<number>;
   /** The dispatched member of any running/paused rollout for this device (what an event refers to). */
   activeMemberships(deviceId: string): Promise<MemberRow[]>;
 

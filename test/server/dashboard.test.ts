@@ -39,6 +39,12 @@ describe('dashboard (headless Chromium)', () => {
       await page.waitForSelector('#detail h3');
       expect(await page.textContent('#detail')).toMatch(/HEALTH_CHECK_FAILED/);
       expect(await page.textContent('#detail')).toMatch(/rolled-back/);
+      // the device filter runs on the server (the dashboard loads one page of devices, not the fleet)
+      await page.fill('#filter', failed);
+      await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr').length === 1, undefined, { timeout: 10_000 });
+      expect(await page.getAttribute('#devices tbody tr', 'data-id')).toBe(failed);
+      await page.fill('#filter', '');
+      await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr').length === 40, undefined, { timeout: 10_000 });
       // resume from the dashboard, then pause again
       await page.click(`[data-rollout="${id}"] button[data-act="resume"]`);
       await page.waitForFunction((rid) => document.querySelector(`[data-rollout="${rid}"] .state`)?.textContent !== 'paused', id, { timeout: 10_000 });

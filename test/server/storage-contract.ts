@@ -56,6 +56,39 @@ export function storageContractTests(make: () => Promise<Storage>): void {
       await s.close();
     });
 
+    it('pages the device list (limit + after, in id order) and aggregates the fleet in the database', async () => {
+      const s = await make();
+      const ids = ['dev-03', 'dev-01', 'dev-10', 'dev-02', 'dev-a1'];
+      for (const id of ids) await s.registerDevice({ id, secretHash: null, channel: id === 'dev-a1' ? 'beta' : 'stable', tags: id === 'dev-02' ? ['eu'] : [], now: 1 });
+      const pages: string[][] = [];
+      let after: string | undefined;
+      for (;;) {
+        const page = await s.listDevices({ limit: 2, ...(after !== undefined ? { after } : {}) });
+        if (!page.length) break;
+        pages.push(page.map((d) => d.id));
+        after = page.at(-1)!.id;
+      }
+      expect(pages).toEqual([['dev-01', 'dev-02'], ['dev-03', 'dev-10'], ['dev-a1']]);
+      expect((await s.listDevices({ channel: 'stable', after: 'dev-02', limit: 10 })).map((d) => d.id)).toEqual(['dev-03', 'dev-10']);
+      expect((await s.listDevices({ enrollment: 'none', limit: 1 })).map((d) => d.id)).toEqual(['dev-01']);
+      expect(await s.listDevices({ enrollment: 'pending' })).toEqual([]);
+
+      expect(await s.deviceSummary()).toEqual({ total: 5, online: 0, reporting: 0, versions: {}, states: {}, slots: {}, unhealthy: 0, withError: 0 });
+      await s.setStatus('dev-01', status('dev-01', '2.0.0'), 2);
+      await s.setStatus('dev-02', status('dev-02', '2.0.0'), 2);
+      await s.setStatus('dev-03', { ...status('dev-03'), state: 'downloading', workload: { ...status('dev-03').workload, healthy: false }, lastError: { code: 'X', message: 'y' } }, 2);
+      await s.setPresence('dev-03', false, 3);
+      expect(await s.deviceSummary()).toEqual({
+        total: 5, online: 2, reporting: 3, versions: { '2.0.0': 2, '1.0.0': 1 }, states: { idle: 2, downloading: 1 }, slots: { A: 3 }, unhealthy: 1, withError: 1,
+      });
+      expect(await s.deviceSummary({ channel: 'beta' })).toEqual({ total: 1, online: 0, reporting: 0, versions: {}, states: {}, slots: {}, unhealthy: 0, withError: 0 });
+      expect((await s.listDevices({ search: 'DOWNLOADING' })).map((d) => d.id)).toEqual(['dev-03']);
+      expect((await s.listDevices({ search: '2.0.0', limit: 1 })).map((d) => d.id)).toEqual(['dev-01']);
+      expect((await s.listDevices({ search: 'dev-0' })).map((d) => d.id)).toEqual(['dev-01', 'dev-02', 'dev-03']);
+      expect(await s.deviceSummary({ tag: 'eu' })).toMatchObject({ total: 1, online: 1, reporting: 1, versions: { '2.0.0': 1 } });
+      await s.close();
+    });
+
     it('stores releases and channels; yanks', async () => {
       const s = await make();
       const rel = { id: 'rel-1', sha256: 'a'.repeat(64), size: 10, board: 'rpi4', version: '1.0.0', rollbackCounter: 1, workload: { name: 'app', version: '1' }, manifest: { x: 1 }, signedBy: ['k'], createdAt: 1, yanked: false, yankedReason: null };
@@ -103,7 +136,12 @@ export function storageContractTests(make: () => Promise<Storage>): void {
       const s = await make();
       for (const id of ['dev-1', 'dev-2', 'dev-3']) await s.registerDevice({ id, secretHash: null, now: 0 });
       await s.createRollout(rolloutRow('ro-1'), ['dev-1', 'dev-2', 'dev-3'].map((deviceId, i) => ({ deviceId, position: i, stage: i === 2 ? 1 : 0 })));
+      await s.setPresence('dev-1', true, 0);
+      await s.setPresence('dev-3', true, 0);
+      expect(await s.countOnlinePending('ro-1', 0)).toBe(1); // dev-1 (dev-3 is in stage 1, dev-2 offline)
+      expect(await s.countOnlinePending('ro-1', 1)).toBe(2);
       await s.claimForDispatch('ro-1', 1, 3, 1000, false);
+      expect(await s.countOnlinePending('ro-1', 1)).toBe(0);
       expect((await s.activeMemberships('dev-1')).map((m) => m.rolloutId)).toEqual(['ro-1']);
       expect(await s.finishMember('ro-1', 'dev-1', 'succeeded', null, 1001)).toBe(true);
       expect(await s.finishMember('ro-1', 'dev-1', 'failed', 'late', 1002)).toBe(false);
@@ -119,7 +157,12 @@ export function storageContractTests(make: () => Promise<Storage>): void {
         { stage: 1, total: 1, pending: 0, dispatched: 0, succeeded: 0, failed: 1, skipped: 0 },
       ]);
       await s.createRollout(rolloutRow('ro-3'), [{ deviceId: 'dev-1', position: 0, stage: 0 }]);
+      await s.setPresence('dev-1', false, 3);
+      expect(await s.countOnlinePending('ro-3', 0)).toBe(0); // dev-1 is offline
+      await s.setPresence('dev-1', true, 4);
+      expect(await s.countOnlinePending('ro-3', 0)).toBe(1);
       expect(await s.skipPending('ro-3', 0, 'offline', 5)).toBe(1);
+      expect(await s.countOnlinePending('ro-3', 0)).toBe(0);
       expect((await s.listMembers('ro-3'))[0]).toMatchObject({ state: 'skipped', error: 'offline' });
       await s.close();
     });
