@@ -71,6 +71,32 @@ export const BoardSchema = z
       })
       .strict(),
     network: z.object({ interface: z.string().min(1) }).strict(),
+    /**
+     * Wi-Fi hardware: present when the board has a radio the image brings up for a device provisioned with
+     * `wifi` (docs/provisioning.md). The build then adds wpa_supplicant (lock component `wifi`), the regulatory
+     * database and the firmware files below; boards without it (qemu-virt) carry none of that.
+     */
+    wifi: z
+      .object({
+        /** Interface the driver creates; wpa_supplicant and DHCP run on it. */
+        interface: z.string().regex(/^[a-z][a-z0-9]{0,14}$/, 'must be a Linux interface name such as wlan0'),
+        /**
+         * Firmware files the Wi-Fi driver loads, as paths under /usr/lib/firmware in the locked `wifi-firmware`
+         * package (symlinks are resolved at build time). A name the package lacks fails the build
+         * (BOARD_WIFI_FIRMWARE_MISSING). Empty for simulated radios (mac80211_hwsim).
+         */
+        firmware: z
+          .array(
+            z
+              .string()
+              .regex(/^[A-Za-z0-9._,+-]+(\/[A-Za-z0-9._,+-]+)*$/, 'must be a relative path of safe characters')
+              .refine((p) => !p.split('/').some((s) => s === '.' || s === '..'), 'must not contain . or .. segments'),
+          )
+          .max(64)
+          .default([]),
+      })
+      .strict()
+      .optional(),
     watchdog: z
       .object({ module: z.string().min(1).optional(), device: z.string().default('/dev/watchdog') })
       .strict()

@@ -9,6 +9,7 @@ import { extractDeb, type DebEntry } from './debian/deb.js';
 import { kernelParts, resolveModules } from './kernel.js';
 import { composeRootfs, packInitramfs } from './initramfs/compose.js';
 import { bundleAgent } from './agent-bundle.js';
+import { bundleWifiHelper } from './wifi-bundle.js';
 import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, writeSparse, type DiskLayout } from './image.js';
 import type { ImageInfo } from '../updater/device/image-info.js';
 import { readdir, readFile } from 'node:fs/promises';
@@ -32,7 +33,8 @@ async function releaseKeys(keysDir: string) {
 }
 
 export interface BuildOptions {
-  board: string;
+  /** A board id (boards/<id>.json), or a parsed board (tests build derived boards, e.g. an emulated one with Wi-Fi). */
+  board: string | Board;
   app: string;
   version: string;
   outDir: string;
@@ -86,7 +88,7 @@ function filesUnder(pkgs: Array<{ entries: DebEntry[] }>, prefix: string): Map<s
 /** `uz build`: a flashable image (and the slot volume an update bundle carries). */
 export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   const step = o.onStep ?? (() => {});
-  const board: Board = getBoard(o.board);
+  const board: Board = typeof o.board === 'string' ? getBoard(o.board) : o.board;
   if (!semver.valid(o.version)) throw new UzError('BUILD_BAD_VERSION', `version must be semver (e.g. 1.2.3), got "${o.version}"`);
   const epoch = o.sourceDateEpoch ?? defaultEpoch();
   const app = resolveApp(o.app, o.appInputs);
@@ -110,6 +112,8 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   const nodejs = await packageEntries(lock, 'nodejs');
   const e2fs = await packageEntries(lock, 'e2fsprogs');
   const piFirmware = board.boot.kind === 'qemu-uboot' ? [] : await packageEntries(lock, 'raspi-firmware');
+  const wifiPkgs = board.wifi ? await packageEntries(lock, 'wifi') : [];
+  const wifiFirmware = board.wifi?.firmware.length ? await packageEntries(lock, 'wifi-firmware') : [];
   const uboot = board.boot.kind === 'rpi-firmware-uboot' ? await packageEntries(lock, 'u-boot-rpi') : [];
 
   step('reading the kernel and resolving modules');
@@ -118,6 +122,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
 
   step('bundling the agent');
   const agentBundle = await bundleAgent();
+  const wifiHelper = board.wifi ? await bundleWifiHelper() : undefined;
 
   step('composing the RAM root');
   const imageInfo: ImageInfo = {
@@ -140,6 +145,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     agentBundle,
     app,
     imageInfo,
+    ...(board.wifi && wifiHelper ? { wifi: { packages: wifiPkgs, firmware: wifiFirmware, helper: wifiHelper } } : {}),
   });
   if (trustRoot) tree.file(TRUST_ROOT_PATH, trustRoot);
   const initrd = packInitramfs(tree, epoch, board.kernel.initramfsCompression);

@@ -91,6 +91,16 @@ export const DEFAULT_LOCK_SPEC: LockSpec = {
     'u-boot-rpi': { roots: ['u-boot-rpi'], mode: 'roots' },
     'u-boot-qemu': { roots: ['u-boot-qemu'], mode: 'roots' },
     'wifi-firmware': { roots: ['firmware-brcm80211'], mode: 'roots' },
+    // Boards with Wi-Fi (Board.wifi): wpa_supplicant and the regulatory database cfg80211 loads. The image ships
+    // only /usr/sbin/wpa_supplicant and the libraries its ELF NEEDED entries reach (checked at build time,
+    // firmware/initramfs/wifi.ts). wpa_cli is not shipped, so readline (which only it links) is not locked;
+    // libdbus-1 (and libsystemd, libcap behind it) is: Debian's wpa_supplicant links it even though the image
+    // never runs a D-Bus daemon.
+    wifi: {
+      roots: ['wpasupplicant', 'wireless-regdb'],
+      mode: 'closure',
+      exclude: [...RUNTIME_EXCLUDES, 'libreadline8t64', 'readline-common'],
+    },
   },
 };
 

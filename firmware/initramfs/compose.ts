@@ -6,6 +6,7 @@ import type { ResolvedApp } from '../apps/index.js';
 import { FileTree } from './tree.js';
 import { writeCpio } from './cpio.js';
 import { buildEnv, initFile, inittab, staticEtc } from './init-scripts.js';
+import { addWifi, type WifiInputs } from './wifi.js';
 
 /**
  * Composes the RAM root: the whole running system of a slot. Pure: every input is passed in, the output is
@@ -24,6 +25,8 @@ export interface RootfsInputs {
   agentBundle: Array<{ name: string; text: string }>;
   app: ResolvedApp;
   imageInfo: unknown;
+  /** Boards with Wi-Fi hardware (Board.wifi): wpa_supplicant, regulatory database, firmware, bring-up (wifi.ts). */
+  wifi?: WifiInputs;
 }
 
 /** Package content a device never uses: documentation, headers, package-manager hooks. */
@@ -109,6 +112,7 @@ export function composeRootfs(inp: RootfsInputs): FileTree {
   for (const f of inp.agentBundle) tree.file(`opt/uz/${f.name}`, f.text);
   for (const f of inp.app.files) tree.file(f.path, f.data, f.mode);
   if (inp.app.config) tree.file(inp.app.config.path, inp.app.config.data, 0o644);
+  if (inp.board.wifi) addWifi(tree, inp.board, inp.wifi);
 
   if (!inp.debug) {
     // No login anywhere; a debug build keeps busybox's shell on the serial console only (inittab).

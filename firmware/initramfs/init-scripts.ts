@@ -5,7 +5,7 @@ import type { Board } from '../../boards/schema.js';
 const filesDir = fileURLToPath(new URL('./files/', import.meta.url));
 
 /** The static scripts (rcS, agent wrapper, shutdown, DHCP hook) live as plain files in ./files/. */
-export function initFile(name: 'rcS' | 'agent' | 'shutdown' | 'udhcpc.script' | 'growdata'): string {
+export function initFile(name: 'rcS' | 'agent' | 'shutdown' | 'udhcpc.script' | 'growdata' | 'wifi'): string {
   return readFileSync(`${filesDir}${name}`, 'utf8');
 }
 
@@ -35,6 +35,8 @@ export function buildEnv(p: InitParams): string {
     `UZ_BOOT_CONTROL=${shQuote(p.board.bootControl)}`,
     `UZ_NET_IF=${shQuote(p.board.network.interface)}`,
     `UZ_WATCHDOG=${shQuote(p.board.watchdog?.device ?? '')}`,
+    // Only boards with Wi-Fi hardware (their images also carry /etc/uz/wifi, which reads it).
+    ...(p.board.wifi ? [`UZ_WIFI_IF=${shQuote(p.board.wifi.interface)}`] : []),
     `UZ_DEBUG=${p.debug ? 1 : 0}`,
     '',
   ].join('\n');
