@@ -46,6 +46,10 @@ export function simPassword(seed: string, id: string): string {
   return createHash('sha256').update(`${seed}\0${id}`).digest('base64url');
 }
 
+/** Simulated sync height: where the simulated nodes start, and when. */
+const SIM_GENESIS_HEIGHT = 1_000_000;
+const SIM_STARTED = Date.now();
+
 export class SimDevice {
   client: MqttClient | null = null;
   version: string;
@@ -69,7 +73,8 @@ export class SimDevice {
     return {
       v: 1, deviceId: this.id, ts: Date.now(), board: this.o.board, version: this.version, slot: this.slot, rollbackCounter: 1,
       bootControl: { primary: this.slot, tryPending: null, bad: [] }, state: this.state,
-      workload: { name: 'app', version: this.version, healthy: true, detail: 'simulated', restarts: 0 },
+      // A node that keeps syncing: one momentum per 10 s since the simulator started (what znnd reports).
+      workload: { name: 'app', version: this.version, healthy: true, detail: 'simulated', restarts: 0, height: SIM_GENESIS_HEIGHT + Math.floor((Date.now() - SIM_STARTED) / 10_000) },
       ...(this.lastError ? { lastError: this.lastError } : {}),
     };
   }

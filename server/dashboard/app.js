@@ -118,7 +118,7 @@ function renderDevices(devices) {
   $('#devices tbody').innerHTML = rows.map((d) => `<tr data-id="${esc(d.id)}" class="${d.id === selected ? 'sel' : ''}">
     <td>${esc(d.id)}</td><td><span class="dot ${d.online ? 'on' : ''}"></span>${d.online ? 'online' : 'offline'}</td>
     <td>${esc(d.status?.version ?? '-')}</td><td>${esc(d.status?.slot ?? '-')}</td><td>${esc(d.status?.state ?? '-')}</td>
-    <td>${d.status ? (d.status.workload.healthy ? '<span class="ok">healthy</span>' : '<span class="bad">unhealthy</span>') : '-'}</td>
+    <td>${d.status ? (d.status.workload.healthy ? '<span class="ok">healthy</span>' : '<span class="bad">unhealthy</span>') : '-'}${d.status?.workload.height !== undefined ? ` <span class="muted">#${d.status.workload.height}</span>` : ''}</td>
     <td class="bad">${esc(d.status?.lastError?.code ?? '')}</td><td class="muted">${ago(d.lastSeen)}</td></tr>`).join('');
 }
 let filterTimer = null;
@@ -140,6 +140,17 @@ $('#devices').addEventListener('click', (e) => {
   renderDetail();
 });
 
+const bytes = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`);
+/** The workload as the device last reported it: health, sync height (znnd), restarts, data partition. */
+function workloadLine(st) {
+  if (!st) return '';
+  const w = st.workload;
+  const data = st.data
+    ? ` · data ${bytes(st.data.freeBytes)} free, ${bytes(st.data.usedBytes)} used${st.data.quotaBytes !== undefined ? ` of ${bytes(st.data.quotaBytes)} quota` : ''}`
+    : '';
+  return `<div data-testid="workload">workload <b>${esc(w.name)}</b> ${esc(w.version)} · ${w.healthy ? '<span class="ok">healthy</span>' : '<span class="bad">unhealthy</span>'} <span class="muted">${esc(w.detail)}</span>${w.height !== undefined ? ` · sync height <b>${w.height}</b>` : ''} · ${w.restarts} restarts${data}</div>`;
+}
+
 async function renderDetail() {
   if (!selected) return;
   const { device: d, history, active } = await api(`/api/v1/devices/${selected}`);
@@ -154,6 +165,7 @@ async function renderDetail() {
   $('#detail').innerHTML = `<h3>${esc(d.id)}</h3>
     <div><span class="dot ${d.online ? 'on' : ''}"></span>${d.online ? 'online' : 'offline'} · channel ${esc(d.channel)} ${d.tags.map((t) => `<code>#${esc(t)}</code>`).join(' ')}</div>
     <div>running <b>${esc(d.status?.version ?? '?')}</b> on slot ${esc(d.status?.slot ?? '?')} · ${esc(d.status?.state ?? '?')} · board ${esc(d.status?.board ?? '?')}</div>
+    ${workloadLine(d.status)}
     <div>desired ${d.desired?.release ? `<b>${esc(d.desired.release.version)}</b> <code>${esc(d.desired.deploymentId ?? '')}</code>` : '<span class="muted">none</span>'}${active.length ? ' · <span class="warn">update in flight</span>' : ''}</div>
     <h4>Last errors</h4>${errs.length ? `<ol>${errs.map((e) => `<li>${new Date(e.ts).toISOString().slice(0, 19)} ${line(e)}</li>`).join('')}</ol>` : '<p class="muted">none</p>'}
     <h4>Update history</h4><ol>${history.slice(0, 60).map((e) => `<li><span class="muted">${new Date(e.ts).toISOString().slice(11, 19)}</span> ${line(e)}</li>`).join('')}</ol>`;

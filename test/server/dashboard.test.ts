@@ -39,6 +39,8 @@ describe('dashboard (headless Chromium)', () => {
       await page.waitForSelector('#detail h3');
       expect(await page.textContent('#detail')).toMatch(/HEALTH_CHECK_FAILED/);
       expect(await page.textContent('#detail')).toMatch(/rolled-back/);
+      // the workload as reported: health and the node's sync height
+      expect(await page.textContent('#detail [data-testid="workload"]')).toMatch(/workload app .* sync height \d{7}/);
       // the device filter runs on the server (the dashboard loads one page of devices, not the fleet)
       await page.fill('#filter', failed);
       await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr').length === 1, undefined, { timeout: 10_000 });
