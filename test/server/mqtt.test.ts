@@ -232,7 +232,7 @@ describe('200 simulated devices, 20% failing health checks', () => {
       const dir = tmp();
       const up = await s.server.app.inject({ method: 'POST', url: '/api/v1/releases?channel=stable', headers: { ...auth(s.token), 'content-type': 'application/octet-stream' }, payload: readFileSync(await makeBundle(dir, [s.keys.release], { version: '2.0.0' })) });
       expect(up.statusCode).toBe(201);
-      const c = await s.server.app.inject({ method: 'POST', url: '/api/v1/rollouts', headers: auth(s.token), payload: { channel: 'stable', stages: ['10%', '50%', '100%'], failureThreshold: { percent: 10 }, minDevices: 10, maxInFlight: 20, successThreshold: 0.95 } });
+      const c = await s.server.app.inject({ method: 'POST', url: '/api/v1/rollouts', headers: auth(s.token), payload: { channel: 'stable', stages: ['10%', '50%', '100%'], failureThreshold: { percent: 10 }, minDevices: 10, maxInFlight: 20, successThreshold: 0.95, seed: 'canary-a' } });
       expect(c.statusCode, c.body).toBe(201);
       const id = c.json().rollout.id as string;
       const st = await until(async () => {
@@ -247,7 +247,10 @@ describe('200 simulated devices, 20% failing health checks', () => {
       const failingInCanary = sim.devices.filter((d) => canary.has(d.id) && d.failsHealth).length;
       // the threshold logic (not luck) decided: either failures crossed 10% once ≥ 10 decided, or the stage gate held
       expect(st.rollout.reason).toMatch(/failure threshold|success threshold/);
-      expect(failingInCanary).toBeGreaterThan(0);
+      // A fixed seed: the canary holds 5 of the 40 failing devices (25%). With the default seed (the rollout id)
+      // a canary of 20 has at most one failing device about 7% of the time, and then passes the stage gate
+      // (19/20 = 0.95) legitimately — which made this test flaky.
+      expect(failingInCanary).toBeGreaterThanOrEqual(3);
       await sleep(500);
       const receivers = sim.devices.filter((d) => d.received.length > 0).map((d) => d.id);
       expect(receivers.length).toBeGreaterThan(0);
