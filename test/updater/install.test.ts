@@ -234,6 +234,178 @@ describe('verification happens before anything is written', () => {
   });
 });
 
+/** Storage that logs slot writes/syncs (start and end) and progress records, around the world's CrashStorage. */
+function logged(crash: CrashStorage) {
+  type Ev =
+    | { t: 'write'; pos: number; len: number; phase: 'start' | 'end' }
+    | { t: 'sync'; phase: 'start' | 'end' }
+    | { t: 'save'; chunksDone: number; complete: boolean }
+    | { t: 'read'; len: number };
+  const events: Ev[] = [];
+  const storage: Storage = {
+    readFile: (p) => crash.readFile(p),
+    remove: (p) => crash.remove(p),
+    mkdirp: () => crash.mkdirp(),
+    writeFileDurable: async (p, d) => {
+      await crash.writeFileDurable(p, d);
+      if (p.endsWith('/progress.json')) {
+        const r = JSON.parse(Buffer.from(d).toString('utf8'));
+        events.push({ t: 'save', chunksDone: r.chunksDone, complete: r.slotSha256 !== null });
+      }
+    },
+    openBlock: async (path) => {
+      const f = await crash.openBlock(path);
+      if (!path.endsWith('slot-B.img')) return f;
+      return {
+        ...f,
+        read: async (buf, pos) => {
+          const n = await f.read(buf, pos);
+          events.push({ t: 'read', len: n });
+          return n;
+        },
+        write: async (data, pos) => {
+          events.push({ t: 'write', pos, len: data.length, phase: 'start' });
+          await new Promise((r) => setTimeout(r, 1)); // a write that takes time: lets anything else queue up
+          await f.write(data, pos);
+          events.push({ t: 'write', pos, len: data.length, phase: 'end' });
+        },
+        sync: async () => {
+          events.push({ t: 'sync', phase: 'start' });
+          await f.sync();
+          events.push({ t: 'sync', phase: 'end' });
+        },
+      };
+    },
+  };
+  return { storage, events };
+}
+
+describe('write path: batched writes, checkpoints, durability, confirmation', () => {
+  it('writes whole verified chunks in batches, one write at a time, in order; every record counts only synced chunks', async () => {
+    let log!: ReturnType<typeof logged>;
+    const w = await world((crash) => (log = logged(crash)).storage);
+    const chunk = v2.manifest.payload.chunkSize;
+    const size = v2.manifest.payload.size;
+    await downloadIntoSlot({ ...ctxFor(w, v2, memorySource(v2.bytes)), syncEveryBytes: 4 * chunk });
+    const ev = log.events;
+    const starts = ev.filter((e) => e.t === 'write' && e.phase === 'start') as { pos: number; len: number }[];
+    // 4 chunks per write (the checkpoint interval caps the batch), contiguous, chunk-aligned.
+    expect(starts.length).toBe(Math.ceil(v2.manifest.payload.chunkSha256.length / 4));
+    let next = 0;
+    for (const s of starts) {
+      expect(s.pos).toBe(next);
+      expect(s.pos % chunk).toBe(0);
+      next += s.len;
+    }
+    expect(next).toBe(size);
+    // Never two writes in flight; a record counting k chunks follows a sync that STARTED after they were written.
+    let inFlight = 0;
+    let written = 0; // bytes whose write ended
+    let syncStartedAt = -1; // bytes written when the running sync started
+    let durable = 0; // bytes covered by the last completed sync
+    const saves: number[] = [];
+    for (const e of ev) {
+      if (e.t === 'write' && e.phase === 'start') expect(++inFlight).toBe(1);
+      if (e.t === 'write' && e.phase === 'end') {
+        inFlight--;
+        written = Math.max(written, e.pos + e.len);
+      }
+      if (e.t === 'sync' && e.phase === 'start') syncStartedAt = written;
+      if (e.t === 'sync' && e.phase === 'end') durable = syncStartedAt;
+      if (e.t === 'save') {
+        expect(Math.min(size, e.chunksDone * chunk)).toBeLessThanOrEqual(durable);
+        if (e.complete) expect(durable).toBe(size);
+        saves.push(e.chunksDone);
+      }
+    }
+    expect(saves.length).toBeGreaterThan(3); // checkpoints along the way, not only the final record
+    expect(saves).toEqual([...saves].sort((a, b) => a - b));
+  });
+
+  it('the slot is durable when the download returns: a power cut right after loses nothing', async () => {
+    const w = await world();
+    const p = await downloadIntoSlot(ctxFor(w, v2, memorySource(v2.bytes)));
+    expect(p.writeVerified).toBe(true);
+    w.crash.powerCut();
+    expect(w.crash.peek(w.m.paths.slotFile('B'))!.subarray(0, v2.slotContent.length).equals(v2.slotContent)).toBe(true);
+    expect((await new ProgressStore(w.crash, w.m.paths.dataDir).load())!.slotSha256).toBe(v2.manifest.payload.sha256);
+  });
+
+  it('the first confirmation accepts the write-time verification without reading; later ones read the slot back and catch a damaged medium', async () => {
+    let log!: ReturnType<typeof logged>;
+    const w = await world((crash) => (log = logged(crash)).storage);
+    const release = v2.release('http://127.0.0.1/x.uzb');
+    await downloadIntoSlot(ctxFor(w, v2, memorySource(v2.bytes), release));
+    const confirm = () => readBackSlot(w.m.storage, w.m.paths.dataDir, release, 'B', w.m.paths.slotFile('B'), ctxFor(w, v2, memorySource(v2.bytes)).policy);
+    const reads = () => log.events.filter((e) => e.t === 'read').length;
+    expect(await confirm()).toMatchObject({ ok: true, checked: 'write' });
+    expect(reads()).toBe(0);
+    // Used up durably: after a restart (or a lost trial boot) the slot is read back.
+    expect((await new ProgressStore(w.crash, w.m.paths.dataDir).load())!.writeVerified).toBe(false);
+    expect(await confirm()).toMatchObject({ ok: true, checked: 'read-back' });
+    expect(reads()).toBeGreaterThan(0);
+    // The medium lost a byte since: the next confirmation says so (the engine then writes the slot again).
+    const f = await w.crash.openBlock(w.m.paths.slotFile('B'));
+    const one = Buffer.alloc(1);
+    await f.read(one, 1000);
+    one[0]! ^= 0xff;
+    await f.write(one, 1000);
+    await f.sync();
+    expect(await confirm()).toMatchObject({ ok: false, checked: 'read-back', reason: expect.stringMatching(/does not match/) });
+  });
+
+  it('a record without writeVerified (an older agent) is read back', async () => {
+    const w = await world();
+    const release = v2.release('http://127.0.0.1/x.uzb');
+    await downloadIntoSlot(ctxFor(w, v2, memorySource(v2.bytes), release));
+    const store = new ProgressStore(w.crash, w.m.paths.dataDir);
+    const { writeVerified: _drop, ...old } = (await store.load())!;
+    void _drop;
+    await store.save(old);
+    expect(await readBackSlot(w.m.storage, w.m.paths.dataDir, release, 'B', w.m.paths.slotFile('B'), ctxFor(w, v2, memorySource(v2.bytes)).policy)).toMatchObject({
+      ok: true,
+      checked: 'read-back',
+    });
+  });
+
+  it('nothing touches the slot after a cancelled or failed download has settled', async () => {
+    let log!: ReturnType<typeof logged>;
+    const w = await world((crash) => (log = logged(crash)).storage);
+    const ac = new AbortController();
+    const src = memorySource(v2.bytes, { beforePiece: (o) => o > 200_000 && ac.abort() });
+    const err = await downloadIntoSlot({ ...ctxFor(w, v2, src), signal: ac.signal }).catch((e: Error) => e);
+    expect((err as Error).name).toBe('AbortError');
+    const n = log.events.length;
+    await new Promise((r) => setTimeout(r, 30));
+    expect(log.events.length).toBe(n);
+    const ev = log.events.filter((e) => e.t === 'write');
+    expect(ev.filter((e) => e.phase === 'start').length).toBe(ev.filter((e) => e.phase === 'end').length);
+  });
+
+  it('gzip: inflated output is written in batches with periodic syncs, durable on return, and reads back', async () => {
+    const w = await world();
+    const payload = Buffer.concat([simSlotImage('4.0.0', 300_000), Buffer.alloc(150_000)]);
+    const gz = simBundle({ payload, version: '4.0.0', rollbackCounter: 4, compression: 'gzip', keys: [trust.releaseKey], now: NOW });
+    const release = gz.release('http://127.0.0.1/gz');
+    const p = await downloadIntoSlot({ ...ctxFor(w, gz, memorySource(gz.bytes), release), syncEveryBytes: 32 * 1024 });
+    expect(p).toMatchObject({ slotBytes: payload.length, writeVerified: true });
+    w.crash.powerCut();
+    expect(w.crash.peek(w.m.paths.slotFile('B'))!.subarray(0, payload.length).equals(payload)).toBe(true);
+    const confirm = () => readBackSlot(w.crash, w.m.paths.dataDir, release, 'B', w.m.paths.slotFile('B'), ctxFor(w, gz, memorySource(gz.bytes)).policy);
+    expect(await confirm()).toMatchObject({ ok: true, checked: 'write' });
+    expect(await confirm()).toMatchObject({ ok: true, checked: 'read-back' });
+  });
+
+  it('gzip inflating past the end of the slot → SLOT_TOO_SMALL', async () => {
+    const w = await world();
+    for (const payload of [Buffer.alloc(SLOT + 4096), randomBytes(SLOT + 200_000)]) {
+      const gz = simBundle({ payload, version: '4.0.0', rollbackCounter: 4, compression: 'gzip', keys: [trust.releaseKey], now: NOW });
+      expect(await code(downloadIntoSlot(ctxFor(w, gz, memorySource(gz.bytes))))).toBe('SLOT_TOO_SMALL');
+      await assertSelectionSafe(w);
+    }
+  });
+});
+
 describe('MQTT block source', () => {
   function requester(buf: Buffer, lie?: 'offset' | 'long' | 'short-eof'): BlockRequester & { asked: number[] } {
     const asked: number[] = [];

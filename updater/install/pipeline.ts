@@ -1,16 +1,22 @@
 /**
  * The install pipeline: bundle bytes → header verified against the trusted root (board, rollback floor, expiry,
- * signatures) BEFORE anything is written → target slot marked bad → verified chunks streamed into the slot,
- * fsynced, progress recorded → (installing) the slot read back and hashed against the signed manifest.
+ * signatures) BEFORE anything is written → target slot marked bad → chunks streamed into the slot, each checked
+ * against its signed hash before it is handed to a write, fsync at checkpoints and at the end, progress recorded
+ * after each fsync → (installing) the slot confirmed before it may be armed.
  *
- * Chunks are checked with the manifest's per-chunk hashes as they arrive, so a resumed download is verified
- * without refetching what is already on the medium; the whole-payload hash is then checked on the bytes
- * actually in the slot (read-back), which is the strongest statement we can make before arming a try.
+ * The manifest signs a hash for every chunk, and the chunks cover the payload exactly, so a slot whose every
+ * chunk matched on its way in holds the signed payload; the final fsync makes it durable before the record
+ * says "complete". Installing accepts that once; a repeated confirmation (after a restart or a lost trial
+ * boot) reads the slot back (readBackSlot, docs/agent.md "Write path").
+ *
+ * Chunks are checked as they arrive, so a resumed download is verified without refetching what is already on
+ * the medium: only chunks counted by a record written after an fsync are skipped.
  *
  * gzip payloads: zlib's state cannot be resumed, so they restart from chunk 0 after an interruption (the chunks
  * are still verified before inflating). Uncompressed payloads resume at chunk granularity.
  */
 import { createHash } from 'node:crypto';
+import type { Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { UzError } from '../../lib/errors.js';
 import type { ReleaseRef } from '../../lib/protocol.js';
@@ -159,24 +165,122 @@ async function readVerifiedChunk(reader: ByteReader, hashes: readonly string[], 
 
 type PayloadInfo = BundleHeader['signed']['payload'];
 
+/**
+ * A slot write carries up to this many bytes of whole chunks (one chunk when chunks are larger): small chunks are
+ * not written one syscall each. Larger batches measured slower: three 4 MiB buffers no longer stay in a 4 MiB
+ * L2 cache between the copy, the hash and the kernel's copy (docs/agent.md, "Write path").
+ */
+export const WRITE_BATCH_BYTES = 1024 * 1024;
+/** Write buffers in rotation: one being filled while up to two are queued for writing. */
+const WRITE_BUFFERS = 3;
+/**
+ * Default checkpoint cadence (resume granularity): fsync the slot, then record progress. It also bounds the
+ * slot's dirty pages in the page cache to about two intervals. Why this value: docs/agent.md ("Write path").
+ */
+export const DEFAULT_SYNC_EVERY_BYTES = 32 * 1024 * 1024;
+/** zlib output piece size (its default of 16 KiB means a thread-pool round trip per 16 KiB). */
+const INFLATE_PIECE_BYTES = 256 * 1024;
+
+/**
+ * Bytes bound for the slot go into a few reusable buffers; a full buffer becomes ONE positional write, queued
+ * without waiting, while the next buffer fills. Writes run one after the other (concurrent writes to one file
+ * only contend for its lock in the kernel). A buffer is refilled only after its write completed, so the bytes
+ * that were hashed are exactly the bytes the kernel copies. Memory: `WRITE_BUFFERS × size`, allocated once per
+ * download, instead of a fresh Buffer (and a copy) per chunk.
+ */
+class SlotBatcher {
+  private readonly bufs: Buffer[] = [];
+  private readonly done: Promise<void>[] = [];
+  /** The last queued write: settles after every earlier one (a failure rejects everything queued after it). */
+  private tail: Promise<void> = Promise.resolve();
+  private cur = 0;
+  /** Bytes in the current buffer. */
+  fill = 0;
+
+  constructor(
+    private readonly slot: BlockFile,
+    /** Capacity of one buffer. */
+    readonly size: number,
+    /** Slot position of the current buffer's first byte. */
+    private base: number,
+  ) {
+    for (let i = 0; i < WRITE_BUFFERS; i++) this.done.push(Promise.resolve());
+  }
+
+  private buffer(): Buffer {
+    // Allocated on first use: a small payload never needs all of them.
+    return (this.bufs[this.cur] ??= Buffer.allocUnsafeSlow(this.size));
+  }
+
+  get room(): number {
+    return this.size - this.fill;
+  }
+
+  /** The next n bytes of the current buffer, to be filled by the caller and then `commit(n)`ed. */
+  view(n: number): Buffer {
+    return this.buffer().subarray(this.fill, this.fill + n);
+  }
+
+  commit(n: number): void {
+    this.fill += n;
+  }
+
+  /** What the current buffer holds (not yet written). */
+  pending(): Buffer {
+    return this.buffer().subarray(0, this.fill);
+  }
+
+  /** Queues the write of the current buffer and moves to the next one, once that one's earlier write is done. */
+  async flush(): Promise<void> {
+    if (this.fill === 0) return;
+    const data = this.pending();
+    const at = this.base;
+    const w = this.tail.then(() => this.slot.write(data, at));
+    w.catch(() => {}); // observed by whoever awaits it next (rotation, written())
+    this.tail = w;
+    this.done[this.cur] = w;
+    this.base += this.fill;
+    this.fill = 0;
+    this.cur = (this.cur + 1) % WRITE_BUFFERS;
+    await this.done[this.cur];
+  }
+
+  /** Settles when every write queued so far has completed; rejects with the first failure. */
+  written(): Promise<void> {
+    return this.tail;
+  }
+}
+
 async function writeRaw(ctx: InstallContext, slot: BlockFile, reader: ByteReader, p: Progress, store: ProgressStore, info: PayloadInfo): Promise<Progress> {
   const hashes = info.chunkSha256;
   const size = info.size;
-  const every = ctx.syncEveryBytes ?? 16 * 1024 * 1024;
+  const every = Math.max(1, ctx.syncEveryBytes ?? DEFAULT_SYNC_EVERY_BYTES);
+  const start = p.chunksDone * p.chunkSize;
+  // A batch holds whole chunks (a chunk is verified before any of it is handed to a write) and never spans a
+  // checkpoint interval, so the resume granularity stays `every`.
+  const perBatch = Math.max(1, Math.floor(Math.min(WRITE_BATCH_BYTES, every) / p.chunkSize));
+  const out = new SlotBatcher(slot, Math.min(perBatch * p.chunkSize, size - start), start);
+  let buffered = p.chunksDone; // chunks verified into the buffers (written or not)
   let unsynced = 0;
   let cur = p;
-  // One write in flight while the next chunk is fetched and hashed, and one fsync (+ its progress record) in
-  // flight while the following chunks arrive: network, hashing and the medium overlap. A sync covers what was
-  // written before it was called, so the record it completes counts only those chunks.
-  let writing: Promise<void> = Promise.resolve();
+  // Writes run while the next batch is fetched and hashed, and one fsync (+ its progress record) runs while
+  // the following batches arrive: network, hashing and the medium overlap. A sync covers the writes that had
+  // completed when it was called, so the record it completes counts only those chunks.
   let checkpoint: Promise<void> = Promise.resolve();
-  const startCheckpoint = async (done: number, last: boolean): Promise<void> => {
-    await writing;
-    const synced = slot.sync();
-    checkpoint = synced.then(async () => {
-      cur = { ...cur, chunksDone: done };
-      if (!last) await store.save(cur);
-    });
+  const flush = async (last: boolean): Promise<void> => {
+    unsynced += out.fill;
+    await out.flush();
+    if (!last && unsynced < every) return;
+    await checkpoint; // at most one checkpoint in flight (backpressure when the medium is slow)
+    unsynced = 0;
+    const done = buffered;
+    checkpoint = out
+      .written()
+      .then(() => slot.sync())
+      .then(async () => {
+        cur = { ...cur, chunksDone: done };
+        if (!last) await store.save(cur);
+      });
     // Awaited later; the no-op handler only keeps an early failure (a power cut) from counting as unhandled.
     checkpoint.catch(() => {});
     if (last) await checkpoint;
@@ -184,62 +288,117 @@ async function writeRaw(ctx: InstallContext, slot: BlockFile, reader: ByteReader
   try {
     for (let i = p.chunksDone; i < p.chunks; i++) {
       if (ctx.signal.aborted) throw abortError();
-      const pieces = await readVerifiedChunk(reader, hashes, p, i, size);
-      const chunk = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
-      const pos = i * p.chunkSize;
-      await writing;
-      writing = slot.write(chunk, pos);
-      writing.catch(() => {}); // rethrown by the next `await writing`
-      unsynced += chunk.length;
-      const last = i === p.chunks - 1;
-      if (unsynced >= every || last) {
-        await checkpoint; // at most one checkpoint in flight (backpressure when the medium is slow)
-        await startCheckpoint(i + 1, last);
-        unsynced = 0;
+      const len = chunkLen(p, i, size);
+      if (len > out.room) await flush(false);
+      // Each network piece is copied into the write buffer and hashed THERE, right away (while it is in the
+      // CPU cache, and while the next piece is on its way): the hashed bytes are the written bytes. Nothing of
+      // the chunk is committed to the batch before its signed hash matched.
+      const dst = out.view(len);
+      const h = createHash('sha256');
+      let at = 0;
+      await reader.readExact(len, `payload chunk ${i}`, (piece) => {
+        const from = at;
+        at += piece.copy(dst, at);
+        h.update(dst.subarray(from, at));
+      });
+      if (h.digest('hex') !== hashes[i]) {
+        throw new UzError('HASH_MISMATCH', `payload chunk ${i} does not match its signed hash`, { chunk: i });
       }
-      ctx.onProgress?.(pos + chunk.length, size);
+      out.commit(len);
+      buffered = i + 1;
+      ctx.onProgress?.(i * p.chunkSize + len, size);
     }
+    await flush(true);
   } finally {
-    await writing.catch(() => {});
+    await out.written().catch(() => {});
     await checkpoint.catch(() => {});
   }
-  return { ...cur, chunksDone: p.chunks, slotBytes: size, slotSha256: p.payloadSha256 };
+  // Every chunk was checked against the signed manifest on its way in and is synced: installing may accept
+  // the slot without reading it back (readBackSlot).
+  return { ...cur, chunksDone: p.chunks, slotBytes: size, slotSha256: p.payloadSha256, writeVerified: true };
+}
+
+/** Resolves on 'drain', or on 'close' when the writer side failed and destroyed the stream (no 'drain' then). */
+function drainedOrClosed(s: Writable): Promise<void> {
+  if (s.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      s.off('drain', done);
+      s.off('close', done);
+      resolve();
+    };
+    s.once('drain', done);
+    s.once('close', done);
+  });
 }
 
 async function writeGunzip(ctx: InstallContext, slot: BlockFile, reader: ByteReader, p: Progress, slotSize: number, m: PayloadInfo): Promise<Progress> {
-  const gunzip = createGunzip();
+  const every = Math.max(1, ctx.syncEveryBytes ?? DEFAULT_SYNC_EVERY_BYTES);
+  const gunzip = createGunzip({ chunkSize: INFLATE_PIECE_BYTES });
   const out = createHash('sha256');
+  const batch = new SlotBatcher(slot, Math.max(1, Math.min(WRITE_BATCH_BYTES, every, slotSize)), 0);
   let pos = 0;
+  let unsynced = 0;
+  // No resume for gzip (see the top of this file), so the periodic sync only bounds dirty pages.
+  let syncing: Promise<void> = Promise.resolve();
+  const flush = async (): Promise<void> => {
+    unsynced += batch.fill;
+    await batch.flush();
+    if (unsynced < every) return;
+    unsynced = 0;
+    await syncing;
+    syncing = batch.written().then(() => slot.sync());
+    syncing.catch(() => {});
+  };
   let failure: unknown = null;
   const writer = (async () => {
     for await (const b of gunzip as AsyncIterable<Buffer>) {
       if (pos + b.length > slotSize) throw new UzError('SLOT_TOO_SMALL', `inflated payload exceeds the ${slotSize}-byte slot`, { slotSize });
-      out.update(b);
-      await slot.write(b, pos);
+      for (let off = 0; off < b.length; ) {
+        const n = Math.min(batch.room, b.length - off);
+        const dst = batch.view(n);
+        off += b.copy(dst, 0, off, off + n);
+        out.update(dst); // the inflated bytes as they sit in the buffer that is written
+        batch.commit(n);
+        if (batch.room === 0) await flush();
+      }
       pos += b.length;
     }
+    await flush();
+    await batch.written();
+    await syncing;
   })().catch((e: unknown) => {
     failure = e;
     gunzip.destroy();
   });
   try {
-    for (let i = 0; i < p.chunks; i++) {
-      if (ctx.signal.aborted) throw abortError();
-      if (failure) break;
-      const pieces = await readVerifiedChunk(reader, m.chunkSha256, p, i, m.size);
-      for (const piece of pieces) if (!gunzip.write(piece)) await new Promise((r) => gunzip.once('drain', r));
+    try {
+      for (let i = 0; i < p.chunks; i++) {
+        if (ctx.signal.aborted) throw abortError();
+        if (failure) break;
+        const pieces = await readVerifiedChunk(reader, m.chunkSha256, p, i, m.size);
+        for (const piece of pieces) {
+          if (gunzip.destroyed) break; // the writer side failed: `failure` says why
+          if (!gunzip.write(piece)) await drainedOrClosed(gunzip);
+        }
+        ctx.onProgress?.(Math.min(m.size, (i + 1) * p.chunkSize), m.size);
+      }
+      gunzip.end();
+    } catch (e) {
+      gunzip.destroy();
+      await writer;
+      throw e;
     }
-    gunzip.end();
-  } catch (e) {
-    gunzip.destroy();
     await writer;
-    throw e;
+  } finally {
+    await batch.written().catch(() => {});
+    await syncing.catch(() => {});
   }
-  await writer;
   if (failure) throw failure instanceof UzError ? failure : new UzError('MALFORMED', `gzip payload: ${(failure as Error).message}`, {});
   await slot.sync();
-  ctx.onProgress?.(m.size, m.size);
-  return { ...p, chunksDone: p.chunks, slotBytes: pos, slotSha256: out.digest('hex') };
+  // The compressed chunks were checked against the signed manifest before inflating; slotSha256 is the hash of
+  // what inflating them wrote, for a later read-back.
+  return { ...p, chunksDone: p.chunks, slotBytes: pos, slotSha256: out.digest('hex'), writeVerified: true };
 }
 
 export interface ReadBackResult {
@@ -247,12 +406,28 @@ export interface ReadBackResult {
   version: string;
   rollbackCounter: number;
   reason?: string;
+  /**
+   * How the slot content was established: 'write' = accepted on the verification done while it was written
+   * (first confirmation of a download), 'read-back' = hashed from the slot.
+   */
+  checked?: 'write' | 'read-back';
 }
 
+/** Read-back buffer; two of them, so the next read runs while the current one is hashed. */
+const READ_BACK_BYTES = 4 * 1024 * 1024;
+
 /**
- * installing: the slot's content is hashed from the medium and compared with what the signed manifest (for
- * uncompressed payloads) or the verified inflate (gzip) says. The header is verified again from the copy on
- * the data partition, so this also works after a restart with no network.
+ * installing: confirms that the slot holds the signed payload before it may be armed. The header is verified
+ * again from the copy on the data partition (works offline after a restart), and the progress record must
+ * describe a complete, synced download of that payload into this slot.
+ *
+ * The first confirmation of a download accepts the slot on the verification done while it was written
+ * (every chunk hash-checked in the very buffer that was written, the slot fsynced before the record saying
+ * so): reading it back now would come from the page cache, not the medium, and prove nothing more. That
+ * acceptance is used up (recorded durably) before returning, so any later confirmation of the same download —
+ * after a restart between download and arm, or when a trial boot was lost and the slot is about to be armed
+ * again — reads the whole slot back and hashes it; after a reboot the cache is cold and that read reaches the
+ * medium. See docs/agent.md ("Write path").
  */
 export async function readBackSlot(storage: Storage, stateDir: string, release: ReleaseRef, target: Slot, slotPath: string, policy: VerifyPolicy, signal?: AbortSignal): Promise<ReadBackResult> {
   const store = new ProgressStore(storage, stateDir);
@@ -262,21 +437,39 @@ export async function readBackSlot(storage: Storage, stateDir: string, release: 
     return { ok: false, version: release.version, rollbackCounter: release.rollbackCounter, reason: 'no complete download recorded' };
   }
   const v = verifyStoredHeader(hb, policy);
-  if (v.manifest.payload.sha256 !== prog.payloadSha256) return { ok: false, version: v.manifest.version, rollbackCounter: v.manifest.rollbackCounter, reason: 'header changed' };
+  const version = v.manifest.version;
+  const rollbackCounter = v.manifest.rollbackCounter;
+  if (v.manifest.payload.sha256 !== prog.payloadSha256) return { ok: false, version, rollbackCounter, reason: 'header changed' };
+  if (prog.writeVerified) {
+    if (signal?.aborted) throw abortError();
+    await store.save({ ...prog, writeVerified: false });
+    return { ok: true, version, rollbackCounter, checked: 'write' };
+  }
   const slot = await storage.openBlock(slotPath);
   try {
     const h = createHash('sha256');
-    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (let pos = 0; pos < prog.slotBytes; ) {
+    const bufs = [Buffer.allocUnsafeSlow(Math.min(READ_BACK_BYTES, prog.slotBytes)), Buffer.allocUnsafeSlow(Math.min(READ_BACK_BYTES, prog.slotBytes))];
+    const readAt = (k: number, pos: number): Promise<number> => {
+      const b = bufs[k % 2]!;
+      const want = Math.min(b.length, prog.slotBytes! - pos);
+      return slot.read(want === b.length ? b : b.subarray(0, want), pos);
+    };
+    let k = 0;
+    let pos = 0;
+    let next = prog.slotBytes > 0 ? readAt(0, 0) : null;
+    while (next) {
+      const n = await next;
+      next = null;
+      if (n <= 0) return { ok: false, version, rollbackCounter, reason: 'slot shorter than the payload', checked: 'read-back' };
       if (signal?.aborted) throw abortError();
-      const want = Math.min(buf.length, prog.slotBytes - pos);
-      const n = await slot.read(want === buf.length ? buf : buf.subarray(0, want), pos);
-      if (n <= 0) return { ok: false, version: v.manifest.version, rollbackCounter: v.manifest.rollbackCounter, reason: 'slot shorter than the payload' };
-      h.update(buf.subarray(0, n));
+      const got = bufs[k % 2]!.subarray(0, n);
       pos += n;
+      k++;
+      if (pos < prog.slotBytes) next = readAt(k, pos); // the other buffer: overlaps with hashing this one
+      h.update(got);
     }
     const ok = h.digest('hex') === prog.slotSha256;
-    return { ok, version: v.manifest.version, rollbackCounter: v.manifest.rollbackCounter, ...(ok ? {} : { reason: 'slot content does not match the signed payload hash' }) };
+    return { ok, version, rollbackCounter, checked: 'read-back', ...(ok ? {} : { reason: 'slot content does not match the signed payload hash' }) };
   } finally {
     await slot.close();
   }

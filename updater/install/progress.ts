@@ -26,6 +26,12 @@ export const ProgressSchema = z
     /** Set when the whole payload is in the slot and synced: what read-back must find. */
     slotBytes: z.number().int().nonnegative().nullable(),
     slotSha256: z.string().nullable(),
+    /**
+     * Set with slotSha256 when every byte went into the slot hash-checked (against the signed chunk hashes, or
+     * inflated from such chunks) and was synced. The first installing step accepts the slot on that basis and
+     * clears it; every later one reads the slot back (readBackSlot). Absent in older records = read back.
+     */
+    writeVerified: z.boolean().optional(),
   })
   .strict();
 export type Progress = z.infer<typeof ProgressSchema>;
