@@ -24,8 +24,7 @@ import { rootCertificates } from 'node:tls';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { randomBytes } from 'node:crypto';
-import { createDeviceKeyAndCsr, DEVICE_KEY_FILE } from '../firmware/ca/device.js';
-import { deviceIdFromCertificate } from '../firmware/ca/ca.js';
+import { DEVICE_KEY_FILE, deviceIdFromCertificate } from '../firmware/ca/identity.js';
 import { decode, encode, topics } from '../lib/protocol.js';
 import { writeFileDurable } from './fsutil.js';
 import { backoffDelay, sleep } from './state/retry.js';
@@ -261,6 +260,8 @@ export async function enrollDevice(o: EnrollOptions): Promise<TlsPaths | null> {
   // the old one; the old key and certificate stay in place until the new certificate has arrived.
   const renew = await stat(join(o.tlsDir, DEVICE_CERT_FILE)).then(() => true, () => false);
   const keyDir = renew ? join(o.tlsDir, RENEW_DIR) : o.tlsDir;
+  // node-forge is loaded only here, on the day the device enrolls (identity.ts says why).
+  const { createDeviceKeyAndCsr } = await import('../firmware/ca/device.js');
   const csr = await createDeviceKeyAndCsr(o.deviceId, keyDir, o.keyBits ? { bits: o.keyBits } : {});
   const keyPem = await readFile(csr.keyPath, 'utf8');
   const via = o.brokerUrl.replace(/^tls:/, 'mqtts:').split('://')[0];

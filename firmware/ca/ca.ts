@@ -14,6 +14,10 @@ import forge from 'node-forge';
 import { UzError } from '../../lib/errors.js';
 import { DeviceId } from '../../lib/protocol.js';
 import { normalizeSerial } from './der.js';
+import { deviceIdFromCertificate, deviceUri } from './identity.js';
+
+// Re-exported: callers that only need these import ./identity.js, which does not load node-forge.
+export { deviceIdFromCertificate, deviceUri };
 
 const generateKeyPair = promisify(generateKeyPairCb);
 
@@ -50,10 +54,6 @@ export interface KeyAndCertificate extends IssuedCertificate {
   keyPem: string;
 }
 
-/** URI SAN carried by every device certificate. */
-export function deviceUri(deviceId: string): string {
-  return `urn:uz:device:${deviceId}`;
-}
 
 export function assertDeviceId(deviceId: string): void {
   if (typeof deviceId !== 'string' || !DeviceId.safeParse(deviceId).success) {
@@ -255,17 +255,6 @@ export function issueDeviceCertificate(ca: FleetCa, csrPem: string, deviceId: st
   return summarize(cert);
 }
 
-/**
- * The device id a client certificate names (CN, which must agree with the urn:uz:device: SAN), or null.
- * Call it only on a certificate the TLS layer already verified against the fleet CA.
- */
-export function deviceIdFromCertificate(cert: string | X509Certificate): string | null {
-  const x = typeof cert === 'string' ? new X509Certificate(cert) : cert;
-  const cn = /^CN=([a-z0-9-]+)$/m.exec(x.subject)?.[1];
-  if (!cn || !DeviceId.safeParse(cn).success) return null;
-  const uris = (x.subjectAltName ?? '').split(/,\s*/).filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
-  return uris.includes(deviceUri(cn)) ? cn : null;
-}
 
 /** The CA's public key as node:crypto's KeyObject (for X509Certificate.verify). */
 export function caPublicKey(ca: Pick<FleetCa, 'certPem'>) {

@@ -9,7 +9,8 @@ import forge from 'node-forge';
 import { UzError } from '../../lib/errors.js';
 import { KEY_BITS, assertDeviceId, generateRsaKeyPem } from './ca.js';
 
-export const DEVICE_KEY_FILE = 'device.key';
+export { DEVICE_KEY_FILE } from './identity.js';
+import { DEVICE_KEY_FILE } from './identity.js';
 
 export interface DeviceCsr {
   /** PEM "CERTIFICATE REQUEST": safe to send. */
