@@ -1,4 +1,4 @@
-import { build } from 'esbuild';
+import { build, type BuildOptions } from 'esbuild';
 import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -11,25 +11,18 @@ export interface AgentBundleFile {
 /** The file init runs (`/etc/uz/agent` → `node /opt/uz/agent.mjs`). */
 export const AGENT_ENTRY_FILE = 'agent.mjs';
 
+const root = fileURLToPath(new URL('..', import.meta.url));
+
 /**
- * The on-device agent for the image's Node.js (Debian 13 ships Node 20): esbuild bundles
- * updater/device/entry.ts with its npm dependencies into agent.mjs plus chunks. entry.ts starts the workload
- * and then imports main.ts dynamically; code splitting puts the bulk of the agent in a chunk so the
- * workload starts before that chunk is compiled. No timestamps or absolute paths end up in the output
- * (chunk names are content hashes), so the bundle is reproducible.
+ * esbuild settings shared by everything that runs on the image's Node.js (Debian 13 ships Node 20): npm
+ * dependencies bundled in, minified, and no timestamps or absolute paths in the output, so bundles are
+ * reproducible.
  */
-export async function bundleAgent(): Promise<AgentBundleFile[]> {
-  const entry = fileURLToPath(new URL('../updater/device/entry.ts', import.meta.url));
-  const root = fileURLToPath(new URL('..', import.meta.url));
+async function imageBuild(entryFromRoot: string, extra: BuildOptions = {}): Promise<Array<{ path: string; text: string }>> {
   const result = await build({
-    entryPoints: [entry],
+    entryPoints: [fileURLToPath(new URL(`../${entryFromRoot}`, import.meta.url))],
     absWorkingDir: root,
     bundle: true,
-    splitting: true,
-    outdir: 'agent-out',
-    entryNames: 'agent',
-    chunkNames: 'agent-[hash]',
-    outExtension: { '.js': '.mjs' },
     platform: 'node',
     target: 'node20',
     format: 'esm',
@@ -38,10 +31,37 @@ export async function bundleAgent(): Promise<AgentBundleFile[]> {
     legalComments: 'none',
     sourcemap: false,
     logLevel: 'silent',
+    ...extra,
+  });
+  return result.outputFiles ?? [];
+}
+
+/**
+ * The on-device agent: updater/device/entry.ts bundled into agent.mjs plus chunks. entry.ts starts the
+ * workload and then imports main.ts dynamically; code splitting puts the bulk of the agent in a chunk so the
+ * workload starts before that chunk is compiled (chunk names are content hashes).
+ */
+export async function bundleAgent(): Promise<AgentBundleFile[]> {
+  const out = await imageBuild('updater/device/entry.ts', {
+    splitting: true,
+    outdir: 'agent-out',
+    entryNames: 'agent',
+    chunkNames: 'agent-[hash]',
+    outExtension: { '.js': '.mjs' },
     // Some CommonJS dependencies call require(); give them one in the ESM bundle (every output file).
     banner: { js: "import { createRequire as __uzCreateRequire } from 'node:module'; const require = __uzCreateRequire(import.meta.url);" },
   });
-  const files = result.outputFiles.map((f) => ({ name: basename(f.path), text: f.text }));
+  const files = out.map((f) => ({ name: basename(f.path), text: f.text }));
   if (!files.some((f) => f.name === AGENT_ENTRY_FILE)) throw new Error(`agent bundle has no ${AGENT_ENTRY_FILE}: ${files.map((f) => f.name).join(', ')}`);
   return files.sort((a, b) => (a.name < b.name ? -1 : 1));
+}
+
+/**
+ * The Wi-Fi boot step (updater/device/wifi-main.ts) as one file, on boards with Wi-Fi only. It shares
+ * parseDeviceConfig() with the agent and `uz provision --check`.
+ */
+export async function bundleWifiHelper(): Promise<string> {
+  const [file] = await imageBuild('updater/device/wifi-main.ts');
+  if (!file) throw new Error('the Wi-Fi boot step bundled to nothing');
+  return file.text;
 }

@@ -9,7 +9,7 @@ import { extractDeb, type DebEntry } from './debian/deb.js';
 import { kernelParts, resolveModules } from './kernel.js';
 import { composeRootfs, packInitramfs } from './initramfs/compose.js';
 import { bundleAgent } from './agent-bundle.js';
-import { bundleWifiHelper } from './wifi-bundle.js';
+import { bundleWifiHelper } from './agent-bundle.js';
 import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, writeSparse, type DiskLayout } from './image.js';
 import type { ImageInfo } from '../updater/device/image-info.js';
 import { readdir, readFile } from 'node:fs/promises';

@@ -20,7 +20,7 @@ export interface WifiInputs {
   packages: Array<{ name: string; entries: DebEntry[] }>;
   /** Extracted packages of the lock's `wifi-firmware` component (only read when the board names firmware). */
   firmware: Array<{ name: string; entries: DebEntry[] }>;
-  /** The bundled Wi-Fi boot step (firmware/wifi-bundle.ts). */
+  /** The bundled Wi-Fi boot step (firmware/agent-bundle.ts). */
   helper: string;
 }
 

@@ -19,7 +19,7 @@ import { readCpio } from '../../firmware/initramfs/cpio.js';
 import { readElfDynamic } from '../../firmware/initramfs/elf.js';
 import { FileTree } from '../../firmware/initramfs/tree.js';
 import { addElfClosure, wifiFirmwareFiles } from '../../firmware/initramfs/wifi.js';
-import { bundleWifiHelper } from '../../firmware/wifi-bundle.js';
+import { bundleWifiHelper } from '../../firmware/agent-bundle.js';
 import { isUzError } from '../../lib/errors.js';
 import { planWifi, renderWifiEnv, renderWpaSupplicantConf, ssidForConsole, wpaPsk } from '../../updater/device/wifi.js';
 import { ensureImage, readPartition } from '../helpers/images.js';
