@@ -18,16 +18,13 @@ export function runDir(): string {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Builds (once per test run, shared between test files and workers) the image for a board/app/version.
- * A mkdir lock makes the second caller wait for the first instead of building twice.
+ * Runs `build` once per test run for `image`, shared between test files and workers: a mkdir lock (named by
+ * `key`) makes a second caller wait for the first instead of building twice.
  */
-export async function ensureImage(board: string, version = '1.0.0', app = 'demo'): Promise<Pick<BuildResult, 'image' | 'slotImage'>> {
-  const out = join(runDir(), `${board}-${app}`);
-  const image = join(out, `${board}-${version}.img`);
-  const slotImage = join(out, `${board}-${version}.slot`);
-  const lock = join(runDir(), `${board}-${app}-${version}.lock`);
+export async function buildOnce(key: string, outputs: string[], build: () => Promise<unknown>): Promise<void> {
+  const lock = join(runDir(), `${key}.lock`);
   for (;;) {
-    if (existsSync(image) && existsSync(slotImage) && !existsSync(lock)) return { image, slotImage };
+    if (outputs.every((f) => existsSync(f)) && !existsSync(lock)) return;
     try {
       mkdirSync(lock);
     } catch {
@@ -35,11 +32,20 @@ export async function ensureImage(board: string, version = '1.0.0', app = 'demo'
       continue;
     }
     try {
-      if (!existsSync(image)) await buildImage({ board, app, version, outDir: out, sourceDateEpoch: TEST_EPOCH });
+      if (!outputs.every((f) => existsSync(f))) await build();
     } finally {
       rmdirSync(lock);
     }
   }
+}
+
+/** Builds (once per test run) the image for a board/app/version. */
+export async function ensureImage(board: string, version = '1.0.0', app = 'demo'): Promise<Pick<BuildResult, 'image' | 'slotImage'>> {
+  const out = join(runDir(), `${board}-${app}`);
+  const image = join(out, `${board}-${version}.img`);
+  const slotImage = join(out, `${board}-${version}.slot`);
+  await buildOnce(`${board}-${app}-${version}`, [image, slotImage], () => buildImage({ board, app, version, outDir: out, sourceDateEpoch: TEST_EPOCH }));
+  return { image, slotImage };
 }
 
 /** A private, sparse copy of an image (boots write to their disk; holes stay holes). */

@@ -1,9 +1,9 @@
-import { existsSync, mkdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseBoard, type Board } from '../../boards/index.js';
 import { buildImage } from '../../firmware/build.js';
-import { runDir, TEST_EPOCH } from './images.js';
+import { buildOnce, runDir, TEST_EPOCH } from './images.js';
 
 /** The test access point's network (test/fixtures/wifi-ap/ap.conf holds the same SSID and this passphrase's PSK). */
 export const TEST_AP = { ssid: 'uz lab-ap', passphrase: 'c0rrect "horse" #battery\\staple' };
@@ -33,25 +33,10 @@ export function wifiTestBoard(): Board {
   );
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 /** Builds (once per test run) the Wi-Fi test image: the test board with the test access point as its workload. */
 export async function ensureWifiImage(version = '1.0.0'): Promise<string> {
   const out = join(runDir(), 'qemu-virt-wifi');
   const image = join(out, `qemu-virt-wifi-${version}.img`);
-  const lock = join(runDir(), `qemu-virt-wifi-${version}.lock`);
-  for (;;) {
-    if (existsSync(image) && !existsSync(lock)) return image;
-    try {
-      mkdirSync(lock);
-    } catch {
-      await sleep(500);
-      continue;
-    }
-    try {
-      if (!existsSync(image)) await buildImage({ board: wifiTestBoard(), app: TEST_AP_APP, version, outDir: out, sourceDateEpoch: TEST_EPOCH });
-    } finally {
-      rmdirSync(lock);
-    }
-  }
+  await buildOnce(`qemu-virt-wifi-${version}`, [image], () => buildImage({ board: wifiTestBoard(), app: TEST_AP_APP, version, outDir: out, sourceDateEpoch: TEST_EPOCH }));
+  return image;
 }
