@@ -15,6 +15,11 @@ export const BoardSchema = z
     name: z.string().min(1).max(120),
     /** Device-tree `compatible` strings this image accepts; a bundle names them for compatibility checks. */
     hardwareIds: z.array(z.string().min(1).max(64)).min(1).max(16),
+    /**
+     * The board's CPU cores as a QEMU CPU model. The agent's start-up snapshot is built for it
+     * (firmware/node-snapshot.ts): V8 only accepts a snapshot made on a CPU with the same features.
+     */
+    cpu: z.enum(['cortex-a53', 'cortex-a72', 'cortex-a76']),
     bootControl: BootControlScheme,
     /**
      * How the board starts: `qemu-uboot` = U-Boot given to QEMU as its firmware (-bios);
@@ -114,7 +119,8 @@ export const BoardSchema = z
     /** What has been verified for this board and what needs hardware; shown by `uz boards`. */
     verification: z.string().min(1),
   })
-  .strict();
+  .strict()
+  .refine((b) => !b.qemu || b.qemu.cpu === b.cpu, { message: 'qemu.cpu must be the board cpu', path: ['qemu', 'cpu'] });
 
 export type Board = z.infer<typeof BoardSchema>;
 

@@ -65,3 +65,56 @@ export async function bundleWifiHelper(): Promise<string> {
   if (!file) throw new Error('the Wi-Fi boot step bundled to nothing');
   return file.text;
 }
+
+/**
+ * Built-in modules Node 20 cannot put in a user start-up snapshot (lib/internal/main/mksnapshot.js lists the
+ * supported ones; loading e.g. node:http while building fails). The snapshot script binds these lazily: a
+ * module gets a stand-in whose first property access loads the real one, at run time on the device.
+ */
+export const SNAPSHOT_LAZY_BUILTINS: readonly string[] = [
+  'async_hooks', 'child_process', 'cluster', 'dgram', 'domain', 'http', 'http2', 'https', 'inspector', 'module',
+  'perf_hooks', 'readline', 'repl', 'tls', 'trace_events', 'tty', 'worker_threads',
+];
+
+/**
+ * Prepended to the snapshot script: shadows the bundle's `require` for SNAPSHOT_LAZY_BUILTINS. A property read
+ * while the snapshot is being built would load the module then, so it is refused with a message naming the
+ * module: such code has to bind its import on first use instead (as updater/clock.ts does with execFile).
+ */
+const LAZY_REQUIRE = `var __uzRequire = require;
+var __uzLazy = new Set(${JSON.stringify(SNAPSHOT_LAZY_BUILTINS)});
+var require = function (id) {
+  var name = id.startsWith('node:') ? id.slice(5) : id;
+  if (!__uzLazy.has(name)) return __uzRequire(id);
+  var real;
+  var load = function () {
+    if (!real) {
+      if (__uzRequire('node:v8').startupSnapshot.isBuildingSnapshot()) throw new Error('the agent uses ' + id + ' while its start-up snapshot is built: bind it on first use');
+      real = __uzRequire(id);
+    }
+    return real;
+  };
+  return new Proxy({}, {
+    get: function (_, k) { return load()[k]; },
+    has: function (_, k) { return k in load(); },
+    ownKeys: function () { return Reflect.ownKeys(load()); },
+    getOwnPropertyDescriptor: function (_, k) { var d = Reflect.getOwnPropertyDescriptor(load(), k); if (d) d.configurable = true; return d; },
+  });
+};
+`;
+
+/**
+ * The agent as one CommonJS script for `node --build-snapshot` (updater/device/snapshot-entry.ts; see
+ * firmware/node-snapshot.ts). Same sources and settings as bundleAgent(), but no code splitting (a snapshot
+ * script is a single file), and `debug` (used by mqtt) replaced by a silent stand-in that reads neither the
+ * environment nor the terminal while modules load.
+ */
+export async function bundleAgentSnapshotScript(): Promise<string> {
+  const [file] = await imageBuild('updater/device/snapshot-entry.ts', {
+    format: 'cjs',
+    banner: { js: LAZY_REQUIRE },
+    alias: { debug: './updater/device/no-debug.cjs' },
+  });
+  if (!file) throw new Error('the agent snapshot script bundled to nothing');
+  return file.text;
+}

@@ -81,9 +81,11 @@ export function registerFirmwareCommands(program: Command): void {
       return Number(v);
     })
     .option('--debug', 'add a shell on the serial console (never on the network)')
+    .option('--no-agent-snapshot', "leave out the agent's start-up snapshot (then no qemu-user is needed; the agent starts seconds slower)")
     .option('--json', 'print the result as JSON')
     .action(async (o) => {
       const result = await buildImage({
+        agentSnapshot: o.agentSnapshot !== false,
         board: o.board,
         app: o.app,
         version: o.version,
@@ -92,7 +94,7 @@ export function registerFirmwareCommands(program: Command): void {
         appInputs: await appInputs(o),
         trustRoot: o.trust,
         sign: o.keys ? { keysDir: o.keys, rollbackCounter: o.counter ?? 0 } : undefined,
-        onStep: stepReporter(o.keys ? 6 : 5, !!o.json),
+        onStep: stepReporter((o.keys ? 6 : 5) + (o.agentSnapshot !== false ? 1 : 0), !!o.json),
       });
       if (o.json) return printJson(result);
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;

@@ -74,7 +74,9 @@ export interface ClockOptions {
   log?: (line: string) => void;
 }
 
-const run = promisify(execFile);
+// Bound on first use, not at load: the agent's start-up snapshot (firmware/node-snapshot.ts) is built
+// without loading child_process.
+const run = (file: string, args: string[] = []) => promisify(execFile)(file, args);
 export const setClockWithDate = async (ms: number): Promise<void> => {
   await run('date', ['-s', `@${Math.round(ms / 1000)}`]);
 };

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Board } from '../../boards/schema.js';
+import { SNAPSHOT_NODE_FLAGS } from '../node-snapshot.js';
 
 const filesDir = fileURLToPath(new URL('./files/', import.meta.url));
 
@@ -38,6 +39,8 @@ export function buildEnv(p: InitParams): string {
     // Only boards with Wi-Fi hardware (their images also carry /etc/uz/wifi, which reads it).
     ...(p.board.wifi ? [`UZ_WIFI_IF=${shQuote(p.board.wifi.interface)}`] : []),
     `UZ_DEBUG=${p.debug ? 1 : 0}`,
+    // The V8 flags /etc/uz/agent must pass with the agent's start-up snapshot (the ones it was built with).
+    `UZ_AGENT_SNAPSHOT_FLAGS=${shQuote(SNAPSHOT_NODE_FLAGS.join(' '))}`,
     '',
   ].join('\n');
 }

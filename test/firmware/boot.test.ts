@@ -44,6 +44,8 @@ describe('booting the qemu-virt image under real U-Boot', () => {
     expect(r.lines.some((l) => /Hit any key to stop autoboot:\s+0\s*$/.test(l))).toBe(true);
     const uz = uzLines(r.lines);
     expect(uz).toContain('UZ-BOOT slot=A version=1.0.0 board=qemu-virt');
+    // The agent came up from its V8 start-up snapshot (firmware/node-snapshot.ts), not the plain bundle.
+    expect(uz.filter((l) => l.startsWith('UZ-AGENT start'))).toEqual(['UZ-AGENT start slot=A version=1.0.0 app=demo from=snapshot']);
     expect(uz.some((l) => l.startsWith('UZ-DATA grown'))).toBe(true);
     expect(uz.some((l) => l.startsWith('UZ-DATA formatting'))).toBe(true);
     expect(uz.some((l) => l.startsWith('UZ-DATA mounted'))).toBe(true);

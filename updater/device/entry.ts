@@ -1,64 +1,8 @@
 /**
- * The agent's first instant in the image (bundled to /opt/uz/agent.mjs, respawned by init): start the
- * workload before the rest of the agent is even compiled.
- *
- * Why a separate entry: Node needs seconds to compile and evaluate the whole agent (zod, MQTT, TUF, the
- * update engine) on a slow core — several seconds under emulation — and the workload's own start-up (for the
- * demo, another Node process) can run on the other core meanwhile. So this module imports only what
- * starting the workload needs (the supervisor and the log persister, no zod); everything with update policy
- * in it is in main.ts, loaded right after through a dynamic import that the bundler emits as its own chunk.
- *
- * /etc/uz/image.json is written by the builder from a validated manifest and ships inside the signed,
- * verified slot; here only the fields that start the workload are checked, and main.ts validates the whole
- * file with its zod schema before any update policy reads it.
+ * The agent's entry in the plain ESM bundle (/opt/uz/agent.mjs plus chunks): used when the image has no
+ * start-up snapshot, or when this board's CPU rejects it (see /etc/uz/agent and firmware/node-snapshot.ts).
+ * main.ts is imported only after the workload was started; the bundler emits it as its own chunk.
  */
-import { readFileSync } from 'node:fs';
-import { Supervisor } from '../workload/supervisor.js';
-import { LogPersister } from '../workload/log-persist.js';
-import { dataVerdictAtStart, IMAGE_INFO_PATH, readSlot, workloadStartOf } from './early.js';
+import { startAgent } from './start.js';
 
-const say = (line: string) => process.stdout.write(`${line}\n`);
-let sup: Supervisor | null = null;
-
-async function start(): Promise<void> {
-  const raw: unknown = JSON.parse(readFileSync(IMAGE_INFO_PATH, 'utf8'));
-  const { version, app } = workloadStartOf(raw);
-  const slot = readSlot();
-  say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${version} app=${app.name}`);
-
-  // The workload's output: to the console, and sparingly (every 10 min, and when it exits) to the data partition.
-  const logs = new LogPersister(`/data/uz/logs/${app.name}.log`);
-  const s = new Supervisor(app, (line) => {
-    say(`[${app.name}] ${line}`);
-    logs.push(line);
-  });
-  sup = s;
-  s.on('exited', (code, signal, wait) => {
-    say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`);
-    void logs.flush().catch(() => {});
-  });
-  // A data partition that cannot be read (not mounted: rcS said why) does not hold the workload back.
-  const verdict = await dataVerdictAtStart(app).catch(() => null);
-  const heldForData = verdict !== null && !verdict.ok ? { code: verdict.code, message: verdict.detail } : undefined;
-  if (heldForData) say(`UZ-ERROR code=${heldForData.code} detail=${JSON.stringify(heldForData.message)} workload-held`);
-  else s.start();
-  logs.start();
-  const stop = async () => {
-    await s.stop();
-    process.exit(0);
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-
-  const { runAgent } = await import('./main.js');
-  await runAgent({ rawInfo: raw, slot, sup: s, say, ...(heldForData ? { heldForData } : {}) });
-}
-
-start().catch(async (e) => {
-  const detail = JSON.stringify((e as Error).message);
-  const code = (e as { code?: unknown }).code;
-  say(typeof code === 'string' ? `UZ-ERROR code=${code} detail=${detail}` : `UZ-ERROR code=AGENT_CRASH detail=${detail}`);
-  // init respawns the agent, which starts the workload again: never leave this one running beside it.
-  await sup?.stop(5_000).catch(() => {});
-  process.exit(1);
-});
+void startAgent(() => import('./main.js'), 'bundle');

@@ -40,7 +40,9 @@ import { httpTufFetch, tufTrustRefresher } from '../trust/refresh.js';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 
-const run = promisify(execFile);
+// Bound on first use, not at load: the agent's start-up snapshot (firmware/node-snapshot.ts) is built
+// without loading child_process.
+const run = (file: string, args: string[] = []) => promisify(execFile)(file, args);
 
 /** The trust root the builder embeds (firmware/build.ts TRUST_ROOT_PATH), used when the config names none. */
 export const DEFAULT_TRUST_ROOT = DEVICE_PATHS.trustRoot;

@@ -1,0 +1,187 @@
+/**
+ * The agent's V8 start-up snapshot (`/opt/uz/agent.blob`), built at image build time by the image's own
+ * Node.js (Debian's arm64 build) under qemu-user.
+ *
+ * Why: Debian builds Node.js without Node's own start-up snapshot and code cache (`node_use_node_snapshot` and
+ * `node_use_node_code_cache` are false), so every plain start compiles Node's bootstrap JavaScript and then
+ * the agent from source. On the emulated Cortex-A72 that is ~2.5 s before the agent's first line; from a
+ * snapshot the device only deserialises a heap (docs/benchmarks.md has the figures).
+ *
+ * Reproducible: the same inputs give the same bytes. What would otherwise leak into the blob, and how it is
+ * kept out:
+ *   - paths (argv, the executable's path): the build runs chrooted in a throw-away directory laid out like the
+ *     image (`unshare --root`), with a static qemu-aarch64 copied in;
+ *   - the process id: a new PID namespace (`unshare --pid`), so node is always pid 1;
+ *   - the V8 heap's layout: `--random-seed` (excluded from V8's flag hash, so the device need not repeat it)
+ *     and `--single-threaded` (no concurrent GC or compiler threads racing the serializer);
+ *   - the environment: empty.
+ * `unshare --user --map-root-user` needs no privileges where unprivileged user namespaces are allowed.
+ *
+ * V8 refuses a snapshot made with different V8 flags or on a CPU with other features (e.g. LSE atomics on
+ * a Cortex-A76): node then exits with code 14, and /etc/uz/agent starts the plain bundle instead. So the
+ * snapshot is built for the board's CPU (Board.cpu), and the device runs it with exactly SNAPSHOT_NODE_FLAGS.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { delimiter, dirname, join } from 'node:path';
+import envPaths from 'env-paths';
+import { UzError } from '../lib/errors.js';
+import type { FileTree } from './initramfs/tree.js';
+
+/** Where the blob and its script live in the image. */
+export const AGENT_SNAPSHOT_BLOB = 'opt/uz/agent.blob';
+export const AGENT_SNAPSHOT_SCRIPT = 'opt/uz/agent-snapshot.cjs';
+
+/**
+ * V8 flags the blob is built with; the device must pass exactly these (V8 hashes them into the snapshot).
+ * `--max-old-space-size` is the agent's heap cap; `--single-threaded` keeps the build deterministic.
+ */
+export const SNAPSHOT_NODE_FLAGS: readonly string[] = ['--single-threaded', '--max-old-space-size=96'];
+
+/** Bump when the way the blob is made changes in a way the cache key below does not capture. */
+const RECIPE = 'uz-node-snapshot-1';
+
+/** The image files node needs to run: the binary, its libraries, Debian's externalised built-ins, OpenSSL's config. */
+function runtimePath(p: string): boolean {
+  if (p === 'usr/bin/node') return true;
+  if (p.startsWith('usr/lib/modules/') || p.startsWith('usr/lib/firmware/')) return false;
+  return p.startsWith('usr/lib/') || p.startsWith('usr/share/nodejs/') || p.startsWith('etc/ssl/');
+}
+
+export interface SnapshotOptions {
+  /** The composed RAM root (the node runtime is taken from it). */
+  tree: FileTree;
+  /** The snapshot script (bundleAgentSnapshotScript()). */
+  script: string;
+  /** QEMU CPU model of the board's cores (Board.cpu). */
+  cpu: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export function snapshotCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  return join(env.UZ_CACHE_DIR?.trim() || envPaths('unikernel-z').cache, 'node-snapshot');
+}
+
+/** The cache key: everything that goes into the blob. */
+export function snapshotKey(o: Pick<SnapshotOptions, 'tree' | 'script' | 'cpu'>): string {
+  const h = createHash('sha256');
+  h.update(`${RECIPE}\0${o.cpu}\0${SNAPSHOT_NODE_FLAGS.join(' ')}\0`);
+  h.update(o.script);
+  for (const p of o.tree.paths()) {
+    if (!runtimePath(p)) continue;
+    const n = o.tree.get(p)!;
+    h.update(`\0${p}\0${n.type}\0`);
+    if (n.type === 'file') h.update(n.data);
+    else if (n.type === 'symlink') h.update(n.target);
+  }
+  return h.digest('hex');
+}
+
+/** True when the ELF file has no program interpreter (PT_INTERP), i.e. it can run inside an empty chroot. */
+export function isStaticElf(b: Buffer): boolean {
+  if (b.length < 64 || b.readUInt32BE(0) !== 0x7f454c46 || b[4] !== 2) return false;
+  const phoff = Number(b.readBigUInt64LE(0x20));
+  const phentsize = b.readUInt16LE(0x36);
+  const phnum = b.readUInt16LE(0x38);
+  for (let i = 0; i < phnum; i++) {
+    const o = phoff + i * phentsize;
+    if (o + 4 > b.length) return false;
+    if (b.readUInt32LE(o) === 3) return false; // PT_INTERP
+  }
+  return true;
+}
+
+const INSTALL_HINT = 'install qemu-user-static (Debian/Ubuntu: apt-get install qemu-user-static), or build with --no-agent-snapshot';
+
+/** A statically linked qemu-aarch64 from PATH (it must run inside the build chroot). */
+export async function findStaticQemuUser(env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  const dirs = (env.PATH ?? '').split(delimiter).filter(Boolean);
+  const seen: string[] = [];
+  for (const name of ['qemu-aarch64-static', 'qemu-aarch64']) {
+    for (const d of dirs) {
+      const p = join(d, name);
+      if (!existsSync(p)) continue;
+      seen.push(p);
+      if (isStaticElf(await readFile(p))) return p;
+    }
+  }
+  const why = seen.length ? `only dynamically linked ones were found (${seen.join(', ')})` : 'none on PATH';
+  throw new UzError('SNAPSHOT_EMULATOR_MISSING', `building the agent's start-up snapshot needs a static qemu-aarch64: ${why}; ${INSTALL_HINT}`, { seen });
+}
+
+function runCaptured(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: '/', env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const add = (c: Buffer) => {
+      out = (out + c.toString('utf8')).slice(-20_000);
+    };
+    child.stdout.on('data', add);
+    child.stderr.on('data', add);
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, out }));
+  });
+}
+
+/** Lays out the node runtime, the script and the emulator in `dir` (the chroot). */
+async function stageRoot(dir: string, o: SnapshotOptions, qemu: string): Promise<void> {
+  for (const p of o.tree.paths()) {
+    if (!runtimePath(p)) continue;
+    const n = o.tree.get(p)!;
+    const dst = join(dir, p);
+    if (n.type === 'dir') await mkdir(dst, { recursive: true });
+    else if (n.type === 'file') {
+      await mkdir(dirname(dst), { recursive: true });
+      await writeFile(dst, n.data);
+      await chmod(dst, n.mode & 0o7777);
+    } else if (n.type === 'symlink') {
+      await mkdir(dirname(dst), { recursive: true });
+      await symlink(n.target, dst);
+    }
+  }
+  for (const m of ['bin', 'lib', 'sbin']) await symlink(`usr/${m}`, join(dir, m));
+  await mkdir(join(dir, 'opt/uz'), { recursive: true });
+  await mkdir(join(dir, 'tmp'), { recursive: true });
+  await writeFile(join(dir, AGENT_SNAPSHOT_SCRIPT), o.script);
+  await copyFile(qemu, join(dir, 'qemu-aarch64'));
+  await chmod(join(dir, 'qemu-aarch64'), 0o755);
+}
+
+/**
+ * Builds (or takes from the cache) the agent's start-up snapshot for `cpu`. The cache holds only blobs this
+ * function made from the same inputs (the key is their SHA-256), so a cached blob is the one a fresh build
+ * would produce.
+ */
+export async function buildAgentSnapshot(o: SnapshotOptions): Promise<Buffer> {
+  const env = o.env ?? process.env;
+  const key = snapshotKey(o);
+  const cached = join(snapshotCacheDir(env), `${key}.blob`);
+  if (existsSync(cached)) return readFile(cached);
+
+  const qemu = await findStaticQemuUser(env);
+  const dir = await mkdtemp(join(tmpdir(), 'uz-snapshot-'));
+  try {
+    await stageRoot(dir, o, qemu);
+    const guest = ['/qemu-aarch64', '-cpu', o.cpu, '/usr/bin/node', ...SNAPSHOT_NODE_FLAGS, '--random-seed=1', '--snapshot-blob', `/${AGENT_SNAPSHOT_BLOB}`, '--build-snapshot', `/${AGENT_SNAPSHOT_SCRIPT}`];
+    const ns = ['--user', '--map-root-user', '--pid', '--fork', '--kill-child', `--root=${dir}`];
+    const r = await runCaptured('unshare', [...ns, ...guest], {});
+    if (r.code !== 0 || !existsSync(join(dir, AGENT_SNAPSHOT_BLOB))) {
+      const tail = r.out.trim().split('\n').slice(-12).join('\n');
+      if (/unshare: /.test(r.out)) {
+        throw new UzError('SNAPSHOT_NAMESPACE_FAILED', `building the agent's start-up snapshot needs a user and PID namespace (unshare failed; allow unprivileged user namespaces, build as root, or build with --no-agent-snapshot):\n${tail}`, { cpu: o.cpu });
+      }
+      throw new UzError('SNAPSHOT_BUILD_FAILED', `node --build-snapshot failed (exit ${r.code}) for ${o.cpu}:\n${tail}`, { cpu: o.cpu, exitCode: r.code });
+    }
+    const blob = await readFile(join(dir, AGENT_SNAPSHOT_BLOB));
+    await mkdir(dirname(cached), { recursive: true });
+    const partial = `${cached}.${process.pid}-${Date.now()}.partial`; // parallel builds must not share one
+    await writeFile(partial, blob);
+    await rename(partial, cached);
+    return blob;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}

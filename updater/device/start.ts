@@ -1,0 +1,73 @@
+/**
+ * The agent's first instant in the image: start the workload before the rest of the agent is needed.
+ *
+ * Why this is separate from main.ts: without the start-up snapshot, Node needs seconds to compile and
+ * evaluate the whole agent (zod, MQTT, TUF, the update engine) on a slow core — several seconds under
+ * emulation — and the workload's own start-up can run on the other core meanwhile. So this module imports only
+ * what starting the workload needs (the supervisor and the log persister, no zod); everything with update
+ * policy in it is in main.ts, which the caller hands over as `loadMain`:
+ *   - entry.ts (the plain ESM bundle, /opt/uz/agent.mjs): a dynamic import, emitted as its own chunk;
+ *   - snapshot-entry.ts (the start-up snapshot, /opt/uz/agent.blob): main.ts is already in the heap.
+ *
+ * /etc/uz/image.json is written by the builder from a validated manifest and ships inside the signed,
+ * verified slot; here only the fields that start the workload are checked, and main.ts validates the whole
+ * file with its zod schema before any update policy reads it.
+ */
+import { readFileSync } from 'node:fs';
+import { Supervisor } from '../workload/supervisor.js';
+import { LogPersister } from '../workload/log-persist.js';
+import { dataVerdictAtStart, IMAGE_INFO_PATH, readSlot, workloadStartOf } from './early.js';
+
+const say = (line: string) => process.stdout.write(`${line}\n`);
+let sup: Supervisor | null = null;
+
+type MainModule = typeof import('./main.js');
+
+/** How this process was started: from the V8 start-up snapshot, or from the plain ESM bundle. */
+export type AgentForm = 'snapshot' | 'bundle';
+
+async function start(loadMain: () => Promise<MainModule>, form: AgentForm): Promise<void> {
+  const raw: unknown = JSON.parse(readFileSync(IMAGE_INFO_PATH, 'utf8'));
+  const { version, app } = workloadStartOf(raw);
+  const slot = readSlot();
+  say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${version} app=${app.name} from=${form}`);
+
+  // The workload's output: to the console, and sparingly (every 10 min, and when it exits) to the data partition.
+  const logs = new LogPersister(`/data/uz/logs/${app.name}.log`);
+  const s = new Supervisor(app, (line) => {
+    say(`[${app.name}] ${line}`);
+    logs.push(line);
+  });
+  sup = s;
+  s.on('exited', (code, signal, wait) => {
+    say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`);
+    void logs.flush().catch(() => {});
+  });
+  // A data partition that cannot be read (not mounted: rcS said why) does not hold the workload back.
+  const verdict = await dataVerdictAtStart(app).catch(() => null);
+  const heldForData = verdict !== null && !verdict.ok ? { code: verdict.code, message: verdict.detail } : undefined;
+  if (heldForData) say(`UZ-ERROR code=${heldForData.code} detail=${JSON.stringify(heldForData.message)} workload-held`);
+  else s.start();
+  logs.start();
+  const stop = async () => {
+    await s.stop();
+    process.exit(0);
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+
+  const { runAgent } = await loadMain();
+  await runAgent({ rawInfo: raw, slot, sup: s, say, ...(heldForData ? { heldForData } : {}) });
+}
+
+/** Starts the agent; never rejects (a crash is reported on the console and ends the process for init to respawn). */
+export function startAgent(loadMain: () => Promise<MainModule>, form: AgentForm): Promise<void> {
+  return start(loadMain, form).catch(async (e) => {
+    const detail = JSON.stringify((e as Error).message);
+    const code = (e as { code?: unknown }).code;
+    say(typeof code === 'string' ? `UZ-ERROR code=${code} detail=${detail}` : `UZ-ERROR code=AGENT_CRASH detail=${detail}`);
+    // init respawns the agent, which starts the workload again: never leave this one running beside it.
+    await sup?.stop(5_000).catch(() => {});
+    process.exit(1);
+  });
+}
