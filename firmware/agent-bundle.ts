@@ -19,7 +19,11 @@ const root = fileURLToPath(new URL('..', import.meta.url));
  * reproducible.
  */
 async function imageBuild(entryFromRoot: string, extra: BuildOptions = {}): Promise<Array<{ path: string; text: string }>> {
-  const result = await build({
+  return (await imageBuildResult(entryFromRoot, extra)).outputFiles ?? [];
+}
+
+async function imageBuildResult(entryFromRoot: string, extra: BuildOptions = {}) {
+  return build({
     entryPoints: [fileURLToPath(new URL(`../${entryFromRoot}`, import.meta.url))],
     absWorkingDir: root,
     bundle: true,
@@ -33,7 +37,6 @@ async function imageBuild(entryFromRoot: string, extra: BuildOptions = {}): Prom
     logLevel: 'silent',
     ...extra,
   });
-  return result.outputFiles ?? [];
 }
 
 /**
@@ -110,11 +113,17 @@ var require = function (id) {
  * environment nor the terminal while modules load.
  */
 export async function bundleAgentSnapshotScript(): Promise<string> {
-  const [file] = await imageBuild('updater/device/snapshot-entry.ts', {
+  const r = await imageBuildResult('updater/device/snapshot-entry.ts', {
     format: 'cjs',
     banner: { js: LAZY_REQUIRE },
     alias: { debug: './updater/device/no-debug.cjs' },
+    metafile: true,
   });
+  const file = r.outputFiles?.[0];
   if (!file) throw new Error('the agent snapshot script bundled to nothing');
+  // A script compiled into a snapshot has no dynamic-import support at run time (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING):
+  // bundled modules become require() calls, but import() of a built-in would stay and fail on the device.
+  const dynamic = Object.values(r.metafile?.outputs ?? {}).flatMap((o) => o.imports.filter((i) => i.kind === 'dynamic-import' && i.external).map((i) => i.path));
+  if (dynamic.length) throw new Error(`the agent imports ${dynamic.join(', ')} dynamically; its start-up snapshot cannot: import it statically`);
   return file.text;
 }

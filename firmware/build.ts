@@ -7,9 +7,10 @@ import { resolveApp, type AppInputs } from './apps/index.js';
 import { readLock, fetchLocked, type DebianLock } from './debian/lock.js';
 import { extractDeb, type DebEntry } from './debian/deb.js';
 import { kernelParts, resolveModules } from './kernel.js';
+import { arm64ImageSize, QEMU_KERNEL_ROOM } from './boot/uboot-script.js';
 import { composeRootfs, packInitramfs } from './initramfs/compose.js';
 import { bundleAgent, bundleAgentSnapshotScript, bundleWifiHelper } from './agent-bundle.js';
-import { AGENT_SNAPSHOT_BLOB, buildAgentSnapshot } from './node-snapshot.js';
+import { AGENT_SNAPSHOT, RUNTIME_SNAPSHOT, RUNTIME_SNAPSHOT_SCRIPT, buildNodeSnapshot } from './node-snapshot.js';
 import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, writeSparse, type DiskLayout } from './image.js';
 import type { ImageInfo } from '../updater/device/image-info.js';
 import { readdir, readFile } from 'node:fs/promises';
@@ -48,11 +49,11 @@ export interface BuildOptions {
   /** Also write a signed update bundle `<board>-<version>.uzb` carrying the slot (release keys from keysDir/private). */
   sign?: { keysDir: string; rollbackCounter: number };
   /**
-   * Put the agent's V8 start-up snapshot in the image (default true; needs a static qemu-aarch64 and user
-   * namespaces on the build host, see firmware/node-snapshot.ts). Without it the agent starts from its plain
-   * bundle, seconds slower on a slow core.
+   * Put V8 start-up snapshots in the image: the agent's, and Node.js's own for a workload that opts in
+   * (nodeStartupSnapshot). Default true; needs a static qemu-aarch64 and user namespaces on the build host
+   * (firmware/node-snapshot.ts). Without them the agent and such a workload start seconds slower on a slow core.
    */
-  agentSnapshot?: boolean;
+  nodeSnapshots?: boolean;
   /** Progress lines (one per step) for people; none when null. */
   onStep?: (step: string) => void;
 }
@@ -125,6 +126,9 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   step('reading the kernel and resolving modules');
   const kp = kernelParts(kernelPkg!.entries);
   const modules = resolveModules(kp, board.modules, board.optionalModules);
+  if (board.boot.kind === 'qemu-uboot' && arm64ImageSize(kp.image) > QEMU_KERNEL_ROOM) {
+    throw new UzError('BUILD_KERNEL_TOO_LARGE', `kernel ${kp.release} needs ${arm64ImageSize(kp.image)} bytes, more than the ${QEMU_KERNEL_ROOM} below the initramfs on ${board.id}`, { release: kp.release });
+  }
 
   step('bundling the agent');
   const agentBundle = await bundleAgent();
@@ -154,10 +158,13 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     ...(board.wifi && wifiHelper ? { wifi: { packages: wifiPkgs, firmware: wifiFirmware, helper: wifiHelper } } : {}),
   });
   if (trustRoot) tree.file(TRUST_ROOT_PATH, trustRoot);
-  if (o.agentSnapshot ?? true) {
-    step(`building the agent's start-up snapshot for ${board.cpu} (qemu-user)`);
+  if (o.nodeSnapshots ?? true) {
+    step(`building Node.js start-up snapshots for ${board.cpu} (qemu-user)`);
     const script = await bundleAgentSnapshotScript();
-    tree.file(AGENT_SNAPSHOT_BLOB, await buildAgentSnapshot({ tree, script, cpu: board.cpu }));
+    tree.file(AGENT_SNAPSHOT.blob, await buildNodeSnapshot({ tree, script, cpu: board.cpu, spec: AGENT_SNAPSHOT }));
+    if (app.manifest.nodeStartupSnapshot) {
+      tree.file(RUNTIME_SNAPSHOT.blob, await buildNodeSnapshot({ tree, script: RUNTIME_SNAPSHOT_SCRIPT, cpu: board.cpu, spec: RUNTIME_SNAPSHOT }));
+    }
   }
   const initrd = packInitramfs(tree, epoch, board.kernel.initramfsCompression);
 

@@ -81,11 +81,11 @@ export function registerFirmwareCommands(program: Command): void {
       return Number(v);
     })
     .option('--debug', 'add a shell on the serial console (never on the network)')
-    .option('--no-agent-snapshot', "leave out the agent's start-up snapshot (then no qemu-user is needed; the agent starts seconds slower)")
+    .option('--no-node-snapshots', 'leave out the V8 start-up snapshots (then no qemu-user is needed; the agent and Node.js workloads start seconds slower)')
     .option('--json', 'print the result as JSON')
     .action(async (o) => {
       const result = await buildImage({
-        agentSnapshot: o.agentSnapshot !== false,
+        nodeSnapshots: o.nodeSnapshots !== false,
         board: o.board,
         app: o.app,
         version: o.version,
@@ -94,7 +94,7 @@ export function registerFirmwareCommands(program: Command): void {
         appInputs: await appInputs(o),
         trustRoot: o.trust,
         sign: o.keys ? { keysDir: o.keys, rollbackCounter: o.counter ?? 0 } : undefined,
-        onStep: stepReporter((o.keys ? 6 : 5) + (o.agentSnapshot !== false ? 1 : 0), !!o.json),
+        onStep: stepReporter((o.keys ? 6 : 5) + (o.nodeSnapshots !== false ? 1 : 0), !!o.json),
       });
       if (o.json) return printJson(result);
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;

@@ -30,16 +30,24 @@ import { delimiter, dirname, join } from 'node:path';
 import envPaths from 'env-paths';
 import { UzError } from '../lib/errors.js';
 import type { FileTree } from './initramfs/tree.js';
+import { AGENT_SNAPSHOT, type SnapshotSpec } from '../lib/node-snapshots.js';
 
-/** Where the blob and its script live in the image. */
-export const AGENT_SNAPSHOT_BLOB = 'opt/uz/agent.blob';
-export const AGENT_SNAPSHOT_SCRIPT = 'opt/uz/agent-snapshot.cjs';
+export { AGENT_SNAPSHOT, RUNTIME_SNAPSHOT, type SnapshotSpec } from '../lib/node-snapshots.js';
+export const AGENT_SNAPSHOT_BLOB = AGENT_SNAPSHOT.blob;
+export const SNAPSHOT_NODE_FLAGS = AGENT_SNAPSHOT.flags;
 
 /**
- * V8 flags the blob is built with; the device must pass exactly these (V8 hashes them into the snapshot).
- * `--max-old-space-size` is the agent's heap cap; `--single-threaded` keeps the build deterministic.
+ * The runtime snapshot's script: loads the built-ins Node 20 can snapshot and most programs use, then, on
+ * the device, hands over to the workload's own script (process.argv[1]).
  */
-export const SNAPSHOT_NODE_FLAGS: readonly string[] = ['--single-threaded', '--max-old-space-size=96'];
+export const RUNTIME_SNAPSHOT_SCRIPT = `'use strict';
+// unikernel-z: Node.js start-up snapshot for workloads (firmware/node-snapshot.ts). Built at image build time.
+const v8 = require('node:v8');
+for (const m of ['assert', 'buffer', 'crypto', 'dns', 'events', 'fs', 'fs/promises', 'net', 'os', 'path', 'querystring', 'stream', 'stream/promises', 'string_decoder', 'timers', 'timers/promises', 'url', 'util', 'zlib']) require('node:' + m);
+v8.startupSnapshot.setDeserializeMainFunction(() => {
+  require('node:module').runMain(process.argv[1]);
+});
+`;
 
 /** Bump when the way the blob is made changes in a way the cache key below does not capture. */
 const RECIPE = 'uz-node-snapshot-1';
@@ -54,7 +62,9 @@ function runtimePath(p: string): boolean {
 export interface SnapshotOptions {
   /** The composed RAM root (the node runtime is taken from it). */
   tree: FileTree;
-  /** The snapshot script (bundleAgentSnapshotScript()). */
+  /** Which snapshot (default: the agent's). */
+  spec?: SnapshotSpec;
+  /** The snapshot script (bundleAgentSnapshotScript(), RUNTIME_SNAPSHOT_SCRIPT). */
   script: string;
   /** QEMU CPU model of the board's cores (Board.cpu). */
   cpu: string;
@@ -66,9 +76,10 @@ export function snapshotCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 /** The cache key: everything that goes into the blob. */
-export function snapshotKey(o: Pick<SnapshotOptions, 'tree' | 'script' | 'cpu'>): string {
+export function snapshotKey(o: Pick<SnapshotOptions, 'tree' | 'script' | 'cpu' | 'spec'>): string {
+  const spec = o.spec ?? AGENT_SNAPSHOT;
   const h = createHash('sha256');
-  h.update(`${RECIPE}\0${o.cpu}\0${SNAPSHOT_NODE_FLAGS.join(' ')}\0`);
+  h.update(`${RECIPE}\0${o.cpu}\0${spec.flags.join(' ')}\0${spec.blob}\0${spec.scriptPath}\0`);
   h.update(o.script);
   for (const p of o.tree.paths()) {
     if (!runtimePath(p)) continue;
@@ -94,7 +105,7 @@ export function isStaticElf(b: Buffer): boolean {
   return true;
 }
 
-const INSTALL_HINT = 'install qemu-user-static (Debian/Ubuntu: apt-get install qemu-user-static), or build with --no-agent-snapshot';
+const INSTALL_HINT = 'install qemu-user-static (Debian/Ubuntu: apt-get install qemu-user-static), or build with --no-node-snapshots';
 
 /** A statically linked qemu-aarch64 from PATH (it must run inside the build chroot). */
 export async function findStaticQemuUser(env: NodeJS.ProcessEnv = process.env): Promise<string> {
@@ -109,7 +120,7 @@ export async function findStaticQemuUser(env: NodeJS.ProcessEnv = process.env): 
     }
   }
   const why = seen.length ? `only dynamically linked ones were found (${seen.join(', ')})` : 'none on PATH';
-  throw new UzError('SNAPSHOT_EMULATOR_MISSING', `building the agent's start-up snapshot needs a static qemu-aarch64: ${why}; ${INSTALL_HINT}`, { seen });
+  throw new UzError('SNAPSHOT_EMULATOR_MISSING', `building Node.js start-up snapshots needs a static qemu-aarch64: ${why}; ${INSTALL_HINT}`, { seen });
 }
 
 function runCaptured(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; out: string }> {
@@ -143,20 +154,23 @@ async function stageRoot(dir: string, o: SnapshotOptions, qemu: string): Promise
     }
   }
   for (const m of ['bin', 'lib', 'sbin']) await symlink(`usr/${m}`, join(dir, m));
-  await mkdir(join(dir, 'opt/uz'), { recursive: true });
+  const spec = o.spec ?? AGENT_SNAPSHOT;
+  await mkdir(join(dir, dirname(spec.scriptPath)), { recursive: true });
+  await mkdir(join(dir, dirname(spec.blob)), { recursive: true });
   await mkdir(join(dir, 'tmp'), { recursive: true });
-  await writeFile(join(dir, AGENT_SNAPSHOT_SCRIPT), o.script);
+  await writeFile(join(dir, spec.scriptPath), o.script);
   await copyFile(qemu, join(dir, 'qemu-aarch64'));
   await chmod(join(dir, 'qemu-aarch64'), 0o755);
 }
 
 /**
- * Builds (or takes from the cache) the agent's start-up snapshot for `cpu`. The cache holds only blobs this
+ * Builds (or takes from the cache) a start-up snapshot (the agent's unless `spec` says otherwise) for `cpu`. The cache holds only blobs this
  * function made from the same inputs (the key is their SHA-256), so a cached blob is the one a fresh build
  * would produce.
  */
-export async function buildAgentSnapshot(o: SnapshotOptions): Promise<Buffer> {
+export async function buildNodeSnapshot(o: SnapshotOptions): Promise<Buffer> {
   const env = o.env ?? process.env;
+  const spec = o.spec ?? AGENT_SNAPSHOT;
   const key = snapshotKey(o);
   const cached = join(snapshotCacheDir(env), `${key}.blob`);
   if (existsSync(cached)) return readFile(cached);
@@ -165,17 +179,17 @@ export async function buildAgentSnapshot(o: SnapshotOptions): Promise<Buffer> {
   const dir = await mkdtemp(join(tmpdir(), 'uz-snapshot-'));
   try {
     await stageRoot(dir, o, qemu);
-    const guest = ['/qemu-aarch64', '-cpu', o.cpu, '/usr/bin/node', ...SNAPSHOT_NODE_FLAGS, '--random-seed=1', '--snapshot-blob', `/${AGENT_SNAPSHOT_BLOB}`, '--build-snapshot', `/${AGENT_SNAPSHOT_SCRIPT}`];
+    const guest = ['/qemu-aarch64', '-cpu', o.cpu, '/usr/bin/node', ...spec.flags, '--random-seed=1', '--snapshot-blob', `/${spec.blob}`, '--build-snapshot', `/${spec.scriptPath}`];
     const ns = ['--user', '--map-root-user', '--pid', '--fork', '--kill-child', `--root=${dir}`];
     const r = await runCaptured('unshare', [...ns, ...guest], {});
-    if (r.code !== 0 || !existsSync(join(dir, AGENT_SNAPSHOT_BLOB))) {
+    if (r.code !== 0 || !existsSync(join(dir, spec.blob))) {
       const tail = r.out.trim().split('\n').slice(-12).join('\n');
       if (/unshare: /.test(r.out)) {
-        throw new UzError('SNAPSHOT_NAMESPACE_FAILED', `building the agent's start-up snapshot needs a user and PID namespace (unshare failed; allow unprivileged user namespaces, build as root, or build with --no-agent-snapshot):\n${tail}`, { cpu: o.cpu });
+        throw new UzError('SNAPSHOT_NAMESPACE_FAILED', `building a Node.js start-up snapshot needs a user and PID namespace (unshare failed; allow unprivileged user namespaces, build as root, or build with --no-node-snapshots):\n${tail}`, { cpu: o.cpu });
       }
-      throw new UzError('SNAPSHOT_BUILD_FAILED', `node --build-snapshot failed (exit ${r.code}) for ${o.cpu}:\n${tail}`, { cpu: o.cpu, exitCode: r.code });
+      throw new UzError('SNAPSHOT_BUILD_FAILED', `node --build-snapshot of /${spec.blob} failed (exit ${r.code}) for ${o.cpu}:\n${tail}`, { cpu: o.cpu, exitCode: r.code });
     }
-    const blob = await readFile(join(dir, AGENT_SNAPSHOT_BLOB));
+    const blob = await readFile(join(dir, spec.blob));
     await mkdir(dirname(cached), { recursive: true });
     const partial = `${cached}.${process.pid}-${Date.now()}.partial`; // parallel builds must not share one
     await writeFile(partial, blob);
@@ -184,4 +198,9 @@ export async function buildAgentSnapshot(o: SnapshotOptions): Promise<Buffer> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** The agent's snapshot (see AGENT_SNAPSHOT). */
+export function buildAgentSnapshot(o: Omit<SnapshotOptions, 'spec'>): Promise<Buffer> {
+  return buildNodeSnapshot({ ...o, spec: AGENT_SNAPSHOT });
 }

@@ -92,7 +92,18 @@ export const AppManifestSchema = z
     quota: z.object({ maxBytes: z.number().int().positive() }).strict().optional(),
     /** Free space kept on the data partition; below it the workload is stopped before the disk fills. */
     minFreeBytes: z.number().int().min(0).default(256 * 1024 * 1024),
+    /**
+     * For workloads run by the image's Node.js (command /usr/bin/node, first argument the script): start them
+     * from a V8 start-up snapshot of Node.js built with the image (docs/apps.md). Saves Node's bootstrap
+     * (about a second on a slow core); the workload's V8 then runs single-threaded (no background GC or
+     * compiler threads). Falls back to a plain start when the board's CPU rejects the snapshot.
+     */
+    nodeStartupSnapshot: z.boolean().default(false),
   })
-  .strict();
+  .strict()
+  .refine((m) => !m.nodeStartupSnapshot || (m.command === '/usr/bin/node' && m.args.length > 0 && !m.args[0]!.startsWith('-')), {
+    message: 'nodeStartupSnapshot needs command /usr/bin/node with the script as the first argument (no node options)',
+    path: ['nodeStartupSnapshot'],
+  });
 
 export type AppManifest = z.infer<typeof AppManifestSchema>;

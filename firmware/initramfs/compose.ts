@@ -36,7 +36,35 @@ const DROP = [
   /^usr\/lib\/(systemd|tmpfiles\.d|sysusers\.d|udev|initramfs-tools)\//,
   /^etc\/(init\.d|cron\.[a-z]+|logrotate\.d|default)\//,
   /^usr\/share\/nodejs\/.*\/(docs?|test|tests)\//,
+  // glibc's iconv modules (20 MB): loaded only by iconv_open(), which nothing on the image calls (Node.js
+  // converts text with ICU; busybox is static).
+  /^usr\/lib\/[^/]+\/gconv\//,
 ];
+
+/**
+ * Debian's Node.js loads a few of its built-ins (undici, acorn, cjs-module-lexer, minimatch) from
+ * /usr/share/nodejs at start-up, by paths compiled into libnode; node aborts when one is missing. The rest of
+ * /usr/share/nodejs (their dependencies as separate packages, TypeScript types) is never read. Keeps exactly
+ * the files libnode names.
+ */
+export function pruneNodeShare(tree: FileTree): { kept: string[]; removed: number } {
+  const libnode = tree.paths().find((p) => /^usr\/lib\/[^/]+\/libnode\.so\.\d+$/.test(p));
+  const node = libnode ? tree.get(libnode) : undefined;
+  if (!node || node.type !== 'file') return { kept: [], removed: 0 };
+  const text = Buffer.from(node.data.buffer, node.data.byteOffset, node.data.byteLength).toString('latin1');
+  const named = new Set([...text.matchAll(/\/usr\/share\/nodejs\/[A-Za-z0-9@._\-/]+\.js/g)].map((m) => m[0].slice(1)));
+  let removed = 0;
+  for (const p of tree.paths()) {
+    const n = tree.get(p);
+    if (!p.startsWith('usr/share/nodejs/') || !n || n.type === 'dir' || named.has(p)) continue;
+    tree.remove(p);
+    removed++;
+  }
+  const kept = [...named].filter((p) => tree.has(p)).sort();
+  const missing = [...named].filter((p) => !tree.has(p));
+  if (missing.length) throw new UzError('ROOTFS_NODE_BUILTIN_MISSING', `libnode loads ${missing.join(', ')}, which no package provides`, { missing });
+  return { kept, removed };
+}
 
 /**
  * The busybox applets the init and agent call; each must exist in the busybox we ship. (Debian's
@@ -80,6 +108,7 @@ export function composeRootfs(inp: RootfsInputs): FileTree {
   tree.add('dev/null', { type: 'chardev', mode: 0o666, major: 1, minor: 3 });
 
   for (const p of inp.packages) addPackage(tree, p.name, p.entries);
+  pruneNodeShare(tree);
 
   const bb = tree.get('usr/bin/busybox');
   if (!bb || bb.type !== 'file') throw new UzError('ROOTFS_BUSYBOX_MISSING', 'busybox-static did not provide /usr/bin/busybox');

@@ -65,7 +65,7 @@ describe('the agent start-up snapshot', () => {
     const cache = mkdtempSync(join(tmpdir(), 'uz-snapcache-'));
     try {
       await expect(buildAgentSnapshot({ tree, script: bad, cpu: 'cortex-a72', env: { ...process.env, UZ_CACHE_DIR: cache } })).rejects.toThrow(
-        /node --build-snapshot failed[\s\S]*the agent uses node:http while its start-up snapshot is built/,
+        /node --build-snapshot of \/opt\/uz\/agent.blob failed[\s\S]*the agent uses node:http while its start-up snapshot is built/,
       );
     } finally {
       rmSync(cache, { recursive: true, force: true });

@@ -148,3 +148,30 @@ describe('tryboot autoboot.txt', () => {
     expect(parseAutoboot('[all]\n')).toBeNull();
   });
 });
+
+describe('arm64 Image header (the emulated board boots its initramfs in place above the kernel)', () => {
+  it('reads image_size and refuses what is not an arm64 Image', async () => {
+    const { arm64ImageSize, QEMU_KERNEL_ROOM } = await import('../../firmware/boot/uboot-script.js');
+    const h = Buffer.alloc(64);
+    h.writeBigUInt64LE(37n * 1048576n, 16);
+    h.writeUInt32LE(0x644d5241, 56);
+    expect(arm64ImageSize(h)).toBe(37 * 1048576);
+    expect(arm64ImageSize(h)).toBeLessThan(QEMU_KERNEL_ROOM);
+    expect(() => arm64ImageSize(Buffer.alloc(64))).toThrow(/not an arm64 Image/);
+  });
+});
+
+describe('app manifest: nodeStartupSnapshot', () => {
+  it('is only for a script run by the image Node.js', async () => {
+    const { loadManifest } = await import('../../firmware/apps/index.js');
+    const demo = loadManifest('demo').manifest;
+    expect(demo.nodeStartupSnapshot).toBe(true);
+    expect(AppManifestSchema.safeParse({ ...demo }).success).toBe(true);
+    for (const bad of [{ command: '/usr/bin/busybox' }, { args: ['--max-old-space-size=64', '/opt/app/x.mjs'] }, { args: [] }]) {
+      const r = AppManifestSchema.safeParse({ ...demo, ...bad });
+      expect(r.success, JSON.stringify(bad)).toBe(false);
+      expect(JSON.stringify(r.error?.issues)).toMatch(/nodeStartupSnapshot needs command \/usr\/bin\/node/);
+    }
+    expect(AppManifestSchema.safeParse({ ...demo, command: '/usr/bin/busybox', nodeStartupSnapshot: false }).success).toBe(true);
+  });
+});

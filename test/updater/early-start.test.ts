@@ -41,6 +41,7 @@ describe('agent early start', () => {
       (r: any) => delete r.version,
       (r: any) => delete r.app.minFreeBytes,
       (r: any) => (r.app.quota = { maxBytes: 'lots' }),
+      (r: any) => (r.app.nodeStartupSnapshot = 'yes'),
     ]) {
       const raw = info();
       mutate(raw);

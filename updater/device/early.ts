@@ -40,6 +40,7 @@ export function workloadStartOf(raw: unknown): { version: string; app: WorkloadS
     typeof restart?.initialBackoffMs === 'number' &&
     typeof restart.maxBackoffMs === 'number' &&
     typeof app.minFreeBytes === 'number' &&
+    (app.nodeStartupSnapshot === undefined || typeof app.nodeStartupSnapshot === 'boolean') &&
     (app.quota === undefined || typeof (app.quota as { maxBytes?: unknown } | null)?.maxBytes === 'number');
   if (!ok) throw new Error(`${IMAGE_INFO_PATH}: no valid workload (app.name, command, args, env, dataDir, restart, minFreeBytes, quota)`);
   return { version: info!.version as string, app: app as unknown as WorkloadStart };

@@ -13,7 +13,8 @@
  * then connects with its new certificate; the workload and the boot marking never wait for it.
  */
 import { readFileSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ImageInfoSchema } from './image-info.js';
@@ -38,7 +39,6 @@ import { ClockKeeper } from '../clock.js';
 import { judge, measureData } from '../workload/data-guard.js';
 import { httpTufFetch, tufTrustRefresher } from '../trust/refresh.js';
 import { join } from 'node:path';
-import { mkdir } from 'node:fs/promises';
 
 // Bound on first use, not at load: the agent's start-up snapshot (firmware/node-snapshot.ts) is built
 // without loading child_process.
@@ -91,8 +91,6 @@ async function devSecret(stateDir: string): Promise<string> {
   } catch {
     /* created below */
   }
-  const { randomBytes } = await import('node:crypto');
-  const { mkdir } = await import('node:fs/promises');
   const secret = randomBytes(32).toString('base64url');
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   await writeFile(path, `${secret}\n`, { mode: 0o600 });

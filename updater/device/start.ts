@@ -39,6 +39,7 @@ async function start(loadMain: () => Promise<MainModule>, form: AgentForm): Prom
     logs.push(line);
   });
   sup = s;
+  s.on('snapshotRejected', () => say('UZ-WARN code=NODE_SNAPSHOT_REJECTED detail="this CPU does not match the Node.js start-up snapshot; workload started without it"'));
   s.on('exited', (code, signal, wait) => {
     say(`UZ-WORKLOAD exited code=${code} signal=${signal} restart_in_ms=${wait}`);
     void logs.flush().catch(() => {});

@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import type { AppManifest } from '../../firmware/apps/schema.js';
+import { RUNTIME_SNAPSHOT, SNAPSHOT_REJECTED_EXIT_CODE } from '../../lib/node-snapshots.js';
 
 /**
  * Keeps the one workload running: start, restart with capped exponential backoff (reset after a stable
@@ -22,6 +23,8 @@ export class RingBuffer {
 
 export interface SupervisorEvents {
   started: [pid: number];
+  /** V8 refused the Node.js start-up snapshot (exit code 14): the workload is started again without it. */
+  snapshotRejected: [];
   exited: [code: number | null, signal: NodeJS.Signals | null, restartInMs: number];
 }
 
@@ -32,11 +35,14 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   private backoffMs: number;
   private restartTimer: NodeJS.Timeout | null = null;
   private startedAt = 0;
+  private snapshotRejected = false;
   restarts = 0;
 
   constructor(
-    private readonly app: Pick<AppManifest, 'command' | 'args' | 'env' | 'dataDir' | 'restart'>,
+    private readonly app: Pick<AppManifest, 'command' | 'args' | 'env' | 'dataDir' | 'restart'> & { nodeStartupSnapshot?: boolean },
     private readonly echo: (line: string) => void = () => {},
+    /** The image's Node.js start-up snapshot for workloads (tests point it elsewhere). */
+    private readonly runtimeSnapshot = `/${RUNTIME_SNAPSHOT.blob}`,
   ) {
     super();
     this.backoffMs = app.restart.initialBackoffMs;
@@ -49,7 +55,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   start(): void {
     this.stopping = false;
     mkdirSync(this.app.dataDir, { recursive: true });
-    const child = spawn(this.app.command, this.app.args, {
+    // A Node.js workload that opted in starts from the image's start-up snapshot, with the V8 flags it was made with.
+    const viaSnapshot = this.app.nodeStartupSnapshot === true && !this.snapshotRejected && existsSync(this.runtimeSnapshot);
+    const args = viaSnapshot ? [...RUNTIME_SNAPSHOT.flags, '--snapshot-blob', this.runtimeSnapshot, ...this.app.args] : this.app.args;
+    const child = spawn(this.app.command, args, {
       env: { PATH: '/usr/sbin:/usr/bin', HOME: this.app.dataDir, ...this.app.env },
       cwd: this.app.dataDir,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -71,6 +80,13 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     child.once('close', (code, signal) => {
       this.child = null;
       if (this.stopping) return;
+      if (viaSnapshot && code === SNAPSHOT_REJECTED_EXIT_CODE) {
+        // Not the workload's failure: this CPU is not the one the snapshot was made for. Start it plainly, now.
+        this.snapshotRejected = true;
+        this.emit('snapshotRejected');
+        this.start();
+        return;
+      }
       if (Date.now() - this.startedAt > 60_000) this.backoffMs = this.app.restart.initialBackoffMs;
       const wait = this.backoffMs;
       this.backoffMs = Math.min(this.backoffMs * 2, this.app.restart.maxBackoffMs);
