@@ -1,4 +1,5 @@
 import type { Board } from '../../boards/schema.js';
+import { kernelCommandLine } from './cmdline.js';
 
 /**
  * Raspberry Pi tryboot A/B (Pi 4/400/CM4/5): autoboot.txt in the first FAT partition selects the slot
@@ -45,7 +46,7 @@ export function slotConfigTxt(board: Board, extra: string[]): string {
 }
 
 export function slotCmdline(board: Board): string {
-  return `${[`console=${board.console}`, 'panic=5', 'loglevel=5', ...board.kernel.cmdline].join(' ')}\n`;
+  return `${kernelCommandLine(board).join(' ')}\n`;
 }
 
 /** config.txt in p1 for U-Boot Pi boards: the GPU firmware starts U-Boot as its "kernel". */

@@ -1,4 +1,5 @@
 import { crc32 } from 'node:zlib';
+import { kernelCommandLine } from './cmdline.js';
 import type { Board } from '../../boards/schema.js';
 import { UzError } from '../../lib/errors.js';
 
@@ -87,7 +88,7 @@ function targetFor(board: Board): ScriptTarget {
 export function bootScriptText(board: Board): string {
   const t = targetFor(board);
   const dev = `${t.iface} ${t.dev}`;
-  const cmdline = [`console=${board.console}`, 'panic=5', 'loglevel=5', ...board.kernel.cmdline].join(' ');
+  const cmdline = kernelCommandLine(board).join(' ');
   const bootCmd =
     t.fdt.kind === 'control'
       ? 'booti ${kernel_addr_r} ${ramdisk_addr_r}:${uz_rdsize} ${fdtcontroladdr}'

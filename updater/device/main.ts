@@ -59,14 +59,17 @@ function deviceHardwareId(): string | undefined {
 const BOOT_MOUNT = '/run/uz/boot';
 
 
-/** The FAT boot-control partition is mounted read-only; writes remount it briefly (and sync). */
+/**
+ * The FAT boot-control partition is mounted read-only; writes remount it briefly. Going back to read-only
+ * writes everything out (the kernel syncs a filesystem it remounts read-only); only if that remount fails is
+ * a separate `sync` needed. One process fewer on the way to UZ-READY.
+ */
 async function withWritableBoot<T>(fn: () => Promise<T>): Promise<T> {
   await run('mount', ['-o', 'remount,rw', BOOT_MOUNT]);
   try {
     return await fn();
   } finally {
-    await run('sync').catch(() => {});
-    await run('mount', ['-o', 'remount,ro', BOOT_MOUNT]).catch(() => {});
+    await run('mount', ['-o', 'remount,ro', BOOT_MOUNT]).catch(() => run('sync').catch(() => {}));
   }
 }
 
