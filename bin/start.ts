@@ -46,8 +46,8 @@ export function registerStartCommand(program: Command): void {
       if (!existsSync(join(keysDir, 'root.json'))) await keysInit({ out: keysDir });
 
       step('building the demo release pair for qemu-virt (1.0.0, 1.1.0)');
-      const v1 = await buildImage({ board: 'qemu-virt', app: 'demo', version: '1.0.0', outDir: join(out, 'images'), sign: { keysDir, rollbackCounter: 1 } });
-      const v2 = await buildImage({ board: 'qemu-virt', app: 'demo', version: '1.1.0', outDir: join(out, 'images'), sign: { keysDir, rollbackCounter: 2 } });
+      const v1 = await buildImage({ board: 'qemu-virt', app: 'demo', version: '1.0.0', outDir: join(out, 'images'), sign: { keysDir, rollbackCounter: 1 }, onWarn: (m) => info(`warning: ${m}`) });
+      const v2 = await buildImage({ board: 'qemu-virt', app: 'demo', version: '1.1.0', outDir: join(out, 'images'), sign: { keysDir, rollbackCounter: 2 }, onWarn: (m) => info(`warning: ${m}`) });
 
       step('starting the update server (embedded MQTT broker and database)');
       const withBoard = o.qemu && qemuAvailable();

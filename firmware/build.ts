@@ -54,6 +54,8 @@ export interface BuildOptions {
    * (firmware/node-snapshot.ts). Without them the agent and such a workload start seconds slower on a slow core.
    */
   nodeSnapshots?: boolean;
+  /** Things a person should know that do not stop the build (e.g. a snapshot that is not reproducible here). */
+  onWarn?: (message: string) => void;
   /** Progress lines (one per step) for people; none when null. */
   onStep?: (step: string) => void;
 }
@@ -161,9 +163,10 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   if (o.nodeSnapshots ?? true) {
     step(`building Node.js start-up snapshots for ${board.cpu} (qemu-user)`);
     const script = await bundleAgentSnapshotScript();
-    tree.file(AGENT_SNAPSHOT.blob, await buildNodeSnapshot({ tree, script, cpu: board.cpu, spec: AGENT_SNAPSHOT }));
+    const onWarn = o.onWarn ?? (() => {});
+    tree.file(AGENT_SNAPSHOT.blob, await buildNodeSnapshot({ tree, script, cpu: board.cpu, spec: AGENT_SNAPSHOT, onWarn }));
     if (app.manifest.nodeStartupSnapshot) {
-      tree.file(RUNTIME_SNAPSHOT.blob, await buildNodeSnapshot({ tree, script: RUNTIME_SNAPSHOT_SCRIPT, cpu: board.cpu, spec: RUNTIME_SNAPSHOT }));
+      tree.file(RUNTIME_SNAPSHOT.blob, await buildNodeSnapshot({ tree, script: RUNTIME_SNAPSHOT_SCRIPT, cpu: board.cpu, spec: RUNTIME_SNAPSHOT, onWarn }));
     }
   }
   const initrd = packInitramfs(tree, epoch, board.kernel.initramfsCompression);

@@ -95,6 +95,7 @@ export function registerFirmwareCommands(program: Command): void {
         trustRoot: o.trust,
         sign: o.keys ? { keysDir: o.keys, rollbackCounter: o.counter ?? 0 } : undefined,
         onStep: stepReporter((o.keys ? 6 : 5) + (o.nodeSnapshots !== false ? 1 : 0), !!o.json),
+        onWarn: (m: string) => process.stderr.write(`uz: warning: ${m}\n`),
       });
       if (o.json) return printJson(result);
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;

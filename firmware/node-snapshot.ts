@@ -15,7 +15,9 @@
  *   - the V8 heap's layout: `--random-seed` (excluded from V8's flag hash, so the device need not repeat it)
  *     and `--single-threaded` (no concurrent GC or compiler threads racing the serializer);
  *   - the environment: empty.
- * `unshare --user --map-root-user` needs no privileges where unprivileged user namespaces are allowed.
+ * `unshare --user --map-root-user` needs no privileges where unprivileged user namespaces are allowed; where
+ * they are not, the snapshot is still built (under qemu's -L prefix instead of a chroot), with a warning that
+ * it is not reproducible, and is not cached.
  *
  * V8 refuses a snapshot made with different V8 flags or on a CPU with other features (e.g. LSE atomics on
  * a Cortex-A76): node then exits with code 14, and /etc/uz/agent starts the plain bundle instead. So the
@@ -23,7 +25,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
@@ -69,6 +71,8 @@ export interface SnapshotOptions {
   /** QEMU CPU model of the board's cores (Board.cpu). */
   cpu: string;
   env?: NodeJS.ProcessEnv;
+  /** Told when the snapshot cannot be made reproducibly on this host. */
+  onWarn?: (message: string) => void;
 }
 
 export function snapshotCacheDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -179,25 +183,46 @@ export async function buildNodeSnapshot(o: SnapshotOptions): Promise<Buffer> {
   const dir = await mkdtemp(join(tmpdir(), 'uz-snapshot-'));
   try {
     await stageRoot(dir, o, qemu);
-    const guest = ['/qemu-aarch64', '-cpu', o.cpu, '/usr/bin/node', ...spec.flags, '--random-seed=1', '--snapshot-blob', `/${spec.blob}`, '--build-snapshot', `/${spec.scriptPath}`];
-    const ns = ['--user', '--map-root-user', '--pid', '--fork', '--kill-child', `--root=${dir}`];
-    const r = await runCaptured('unshare', [...ns, ...guest], {});
-    if (r.code !== 0 || !existsSync(join(dir, spec.blob))) {
+    const nodeArgs = [...spec.flags, '--random-seed=1', '--snapshot-blob', `/${spec.blob}`, '--build-snapshot', `/${spec.scriptPath}`];
+    const isolated = env.UZ_SNAPSHOT_NAMESPACES !== '0' && (await namespacesWork());
+    let r: { code: number | null; out: string };
+    if (isolated) {
+      const ns = ['--user', '--map-root-user', '--pid', '--fork', '--kill-child', `--root=${dir}`];
+      r = await runCaptured('unshare', [...ns, '/qemu-aarch64', '-cpu', o.cpu, '/usr/bin/node', ...nodeArgs], {});
+    } else {
+      // No user namespaces here (e.g. Ubuntu's AppArmor restriction, or a locked-down container): qemu's -L
+      // prefix stands in for the chroot. The blob works the same, but it records this process id and the
+      // staging path, so it differs from build to build; it is not cached, and the build says so.
+      await writeFile(join(dir, spec.blob), '');
+      o.onWarn?.(`no user namespaces on this host: the ${spec.blob} start-up snapshot is built without them and is not byte-for-byte reproducible`);
+      r = await runCaptured(join(dir, 'qemu-aarch64'), ['-cpu', o.cpu, '-L', dir, '-0', '/usr/bin/node', join(dir, 'usr/bin/node'), ...nodeArgs], {});
+    }
+    const out = join(dir, spec.blob);
+    if (r.code !== 0 || !existsSync(out) || statSync(out).size === 0) {
       const tail = r.out.trim().split('\n').slice(-12).join('\n');
-      if (/unshare: /.test(r.out)) {
-        throw new UzError('SNAPSHOT_NAMESPACE_FAILED', `building a Node.js start-up snapshot needs a user and PID namespace (unshare failed; allow unprivileged user namespaces, build as root, or build with --no-node-snapshots):\n${tail}`, { cpu: o.cpu });
-      }
       throw new UzError('SNAPSHOT_BUILD_FAILED', `node --build-snapshot of /${spec.blob} failed (exit ${r.code}) for ${o.cpu}:\n${tail}`, { cpu: o.cpu, exitCode: r.code });
     }
-    const blob = await readFile(join(dir, spec.blob));
-    await mkdir(dirname(cached), { recursive: true });
-    const partial = `${cached}.${process.pid}-${Date.now()}.partial`; // parallel builds must not share one
-    await writeFile(partial, blob);
-    await rename(partial, cached);
+    const blob = await readFile(out);
+    if (isolated) {
+      await mkdir(dirname(cached), { recursive: true });
+      const partial = `${cached}.${process.pid}-${Date.now()}.partial`; // parallel builds must not share one
+      await writeFile(partial, blob);
+      await rename(partial, cached);
+    }
     return blob;
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+let namespaceProbe: Promise<boolean> | undefined;
+/** Whether this host lets us create a user + PID namespace and chroot in it (probed once per process). */
+function namespacesWork(): Promise<boolean> {
+  namespaceProbe ??= runCaptured('unshare', ['--user', '--map-root-user', '--pid', '--fork', '--kill-child', '--root=/', 'true'], {}).then(
+    (r) => r.code === 0,
+    () => false,
+  );
+  return namespaceProbe;
 }
 
 /** The agent's snapshot (see AGENT_SNAPSHOT). */

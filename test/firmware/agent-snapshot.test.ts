@@ -5,7 +5,7 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readLock, fetchLocked } from '../../firmware/debian/lock.js';
@@ -57,6 +57,20 @@ describe('the agent start-up snapshot', () => {
       expect(snapshotKey({ tree, script, cpu: 'cortex-a76' })).not.toBe(snapshotKey({ tree, script, cpu: 'cortex-a72' }));
     } finally {
       for (const c of caches) rmSync(c, { recursive: true, force: true });
+    }
+  }, 300_000);
+
+  it('is still built, with a warning and not cached, where user namespaces are not allowed', async () => {
+    const cache = mkdtempSync(join(tmpdir(), 'uz-snapcache-'));
+    try {
+      const warnings: string[] = [];
+      const env = { ...process.env, UZ_CACHE_DIR: cache, UZ_SNAPSHOT_NAMESPACES: '0' };
+      const blob = await buildAgentSnapshot({ tree, script, cpu: 'cortex-a72', env, onWarn: (m) => warnings.push(m) });
+      expect(blob.length).toBeGreaterThan(1_000_000);
+      expect(warnings.join('\n')).toMatch(/not byte-for-byte reproducible/);
+      expect(existsSync(join(cache, 'node-snapshot'))).toBe(false);
+    } finally {
+      rmSync(cache, { recursive: true, force: true });
     }
   }, 300_000);
 
