@@ -175,7 +175,8 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   const firmware = filesUnder(piFirmware, 'usr/lib/raspi-firmware/');
   const ubootBinary =
     board.boot.kind === 'rpi-firmware-uboot' ? filesUnder(uboot, `usr/lib/u-boot/${board.boot.ubootBuild}/`).get('u-boot.bin') : undefined;
-  const release = { formatVersion: 1, board: board.id, version: o.version, app: { name: app.manifest.name, version: app.manifest.version }, kernel: kp.release, buildEpoch: epoch, debug: !!o.debug };
+  const snapshots = (o.nodeSnapshots ?? true) ? { cpu: board.cpu, agent: true, workload: app.manifest.nodeStartupSnapshot } : null;
+  const release = { formatVersion: 1, board: board.id, version: o.version, app: { name: app.manifest.name, version: app.manifest.version }, kernel: kp.release, buildEpoch: epoch, debug: !!o.debug, startupSnapshots: snapshots };
   const sFiles = slotFiles({ board, kernelImage: kp.image, initrd, dtbs: kp.dtbs, firmware, release });
   const slotUsed = sFiles.reduce((n, f) => n + f.data.length, 0);
   let slotVolume: Buffer;

@@ -113,8 +113,10 @@ export function formatReport(r: ImageReport): string {
   } else lines.push('  unknown');
   lines.push('', 'slots:');
   for (const s of r.slots) {
-    const rel = s.release as { version?: string; board?: string; app?: { name?: string }; kernel?: string } | null;
-    lines.push(rel ? `  ${s.slot}: ${rel.board} ${rel.version}, app ${rel.app?.name}, kernel ${rel.kernel}, ${s.files.length} files` : `  ${s.slot}: ${s.error ?? 'no release file'}`);
+    const rel = s.release as { version?: string; board?: string; app?: { name?: string }; kernel?: string; startupSnapshots?: { cpu?: string; workload?: boolean } | null } | null;
+    // Releases built before start-up snapshots existed have no startupSnapshots key: say nothing about them.
+    const snap = rel?.startupSnapshots === undefined ? '' : rel.startupSnapshots ? `, start-up snapshots for ${rel.startupSnapshots.cpu} (agent${rel.startupSnapshots.workload ? ', workload' : ''})` : ', no start-up snapshots';
+    lines.push(rel ? `  ${s.slot}: ${rel.board} ${rel.version}, app ${rel.app?.name}, kernel ${rel.kernel}${snap}, ${s.files.length} files` : `  ${s.slot}: ${s.error ?? 'no release file'}`);
   }
   lines.push('', `data: ${r.data.ext4 ? 'ext4' : r.data.blank ? 'blank (formatted on first boot)' : 'unrecognised'}`);
   return lines.join('\n');

@@ -70,9 +70,19 @@ describe('qemu-virt image checked with real tools', () => {
     const r = run('cpio', ['-t', '--quiet', '-F', cpioFile]);
     expect(r.status, r.stderr).toBe(0);
     const files = new Set(r.stdout.split('\n'));
-    for (const f of ['init', 'etc/inittab', 'etc/uz/rcS', 'usr/bin/busybox', 'usr/bin/node', 'usr/sbin/mke2fs', 'usr/sbin/e2fsck', 'opt/uz/agent.mjs', 'opt/app/demo-node.mjs', 'etc/uz/app/config.json', 'dev/console', 'lib']) {
+    for (const f of ['init', 'etc/inittab', 'etc/uz/rcS', 'usr/bin/busybox', 'usr/bin/node', 'usr/sbin/mke2fs', 'usr/sbin/e2fsck', 'opt/uz/agent.mjs', 'opt/uz/agent.blob', 'usr/lib/uz/node-runtime.blob', 'opt/app/demo-node.mjs', 'etc/uz/app/config.json', 'dev/console', 'lib']) {
       expect(files.has(f), `${f} in initramfs`).toBe(true);
     }
+    // Trimmed from Debian's packages: glibc's iconv modules, and /usr/share/nodejs except what libnode loads.
+    expect([...files].some((f) => f.includes('/gconv/'))).toBe(false);
+    expect([...files].filter((f) => f.startsWith('usr/share/nodejs/') && f.endsWith('.js')).sort()).toEqual([
+      'usr/share/nodejs/acorn-walk/dist/walk.js',
+      'usr/share/nodejs/acorn/dist/acorn.js',
+      'usr/share/nodejs/cjs-module-lexer/dist/lexer.js',
+      'usr/share/nodejs/cjs-module-lexer/lexer.js',
+      'usr/share/nodejs/minimatch/dist/cjs/index.bundle.js',
+      'usr/share/nodejs/undici/undici-fetch.js',
+    ]);
     // No login, no getty, no package manager, no ssh.
     for (const f of ['usr/bin/login', 'usr/sbin/getty', 'usr/bin/dpkg', 'usr/bin/apt', 'usr/sbin/sshd', 'usr/sbin/dropbear']) expect(files.has(f), f).toBe(false);
     const inittab = readCpio(readFileSync(cpioFile)).find((e) => e.path === 'etc/inittab')!.data.toString();
@@ -85,6 +95,7 @@ describe('qemu-virt image checked with real tools', () => {
     expect(r.partitions.map((p) => p.role)).toEqual(['boot-control', 'slot-A', 'slot-B', 'data']);
     expect(r.bootControl).toMatchObject({ scheme: 'uboot-bootcount', state: { order: ['A', 'B'], left: { A: 3, B: 3 } } });
     expect(r.slots.map((s) => (s.release as { version: string }).version)).toEqual(['1.0.0', '1.0.0']);
+    expect(r.slots[0]!.release).toMatchObject({ startupSnapshots: { cpu: 'cortex-a72', agent: true, workload: true } });
     expect(r.data).toEqual({ blank: true, ext4: false });
   });
 
