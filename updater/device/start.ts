@@ -13,12 +13,33 @@
  * verified slot; here only the fields that start the workload are checked, and main.ts validates the whole
  * file with its zod schema before any update policy reads it.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { Supervisor } from '../workload/supervisor.js';
 import { LogPersister } from '../workload/log-persist.js';
 import { dataVerdictAtStart, IMAGE_INFO_PATH, readSlot, workloadStartOf } from './early.js';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
+
+/** Written by /etc/uz/rcS when the modules are loaded, the disk found and the data partition mounted. */
+export const SYSINIT_DONE = '/run/uz/sysinit.done';
+
+/**
+ * init starts the agent while rcS is still loading modules and checking the data partition in the background,
+ * so Node.js comes up meanwhile; the workload needs that work done. A slow fsck or repair can take minutes on
+ * a large card: wait as long as it takes, and say so once a minute.
+ */
+async function sysinitDone(path = SYSINIT_DONE): Promise<void> {
+  const started = Date.now();
+  let said = 0;
+  while (!existsSync(path)) {
+    await new Promise((r) => setTimeout(r, 20));
+    const minutes = Math.floor((Date.now() - started) / 60_000);
+    if (minutes > said) {
+      said = minutes;
+      say(`UZ-AGENT waiting for system init (modules, disk, data check) minutes=${minutes}`);
+    }
+  }
+}
 let sup: Supervisor | null = null;
 
 type MainModule = typeof import('./main.js');
@@ -29,6 +50,7 @@ export type AgentForm = 'snapshot' | 'bundle';
 async function start(loadMain: () => Promise<MainModule>, form: AgentForm): Promise<void> {
   const raw: unknown = JSON.parse(readFileSync(IMAGE_INFO_PATH, 'utf8'));
   const { version, app } = workloadStartOf(raw);
+  await sysinitDone();
   const slot = readSlot();
   say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${version} app=${app.name} from=${form}`);
 
