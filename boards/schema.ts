@@ -64,6 +64,11 @@ export const BoardSchema = z
     dtbs: z.array(z.string().min(1)).default([]),
     /** Kernel modules the init loads in this order (dependencies are added from modules.dep). */
     modules: z.array(z.string().min(1)).default([]),
+    /**
+     * Modules the init loads only after the data partition is mounted, i.e. off the path to the workload's
+     * start: what only the network and the watchdog need. They are loaded before either is brought up.
+     */
+    lateModules: z.array(z.string().min(1)).default([]),
     /** Optional modules loaded when present and wanted (e.g. Wi-Fi). */
     optionalModules: z.array(z.string().min(1)).default([]),
     console: z.string().min(1),

@@ -128,6 +128,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   step('reading the kernel and resolving modules');
   const kp = kernelParts(kernelPkg!.entries);
   const modules = resolveModules(kp, board.modules, board.optionalModules);
+  const lateModules = resolveModules(kp, board.lateModules).filter((m) => !modules.some((e) => e.name === m.name));
   if (board.boot.kind === 'qemu-uboot' && arm64ImageSize(kp.image) > QEMU_KERNEL_ROOM) {
     throw new UzError('BUILD_KERNEL_TOO_LARGE', `kernel ${kp.release} needs ${arm64ImageSize(kp.image)} bytes, more than the ${QEMU_KERNEL_ROOM} below the initramfs on ${board.id}`, { release: kp.release });
   }
@@ -154,6 +155,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     kernelRelease: kp.release,
     packages: [...busybox, ...nodejs, ...e2fs],
     modules,
+    lateModules,
     agentBundle,
     app,
     imageInfo,

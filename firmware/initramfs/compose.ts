@@ -21,6 +21,8 @@ export interface RootfsInputs {
   /** Package contents, already extracted and verified. */
   packages: Array<{ name: string; entries: DebEntry[] }>;
   modules: Array<{ name: string; relPath: string; data: Buffer }>;
+  /** Loaded after the data partition is mounted (Board.lateModules; none of `modules` repeated). */
+  lateModules?: Array<{ name: string; relPath: string; data: Buffer }>;
   /** The agent's bundle files (agent.mjs and its chunks), installed under /opt/uz/. */
   agentBundle: Array<{ name: string; text: string }>;
   app: ResolvedApp;
@@ -135,8 +137,10 @@ export function composeRootfs(inp: RootfsInputs): FileTree {
   tree.file('etc/uz/image.json', `${JSON.stringify(inp.imageInfo, null, 2)}\n`);
 
   const modDir = `usr/lib/modules/${inp.kernelRelease}`;
-  for (const m of inp.modules) tree.file(`${modDir}/${m.relPath}`, m.data);
+  const late = inp.lateModules ?? [];
+  for (const m of [...inp.modules, ...late]) tree.file(`${modDir}/${m.relPath}`, m.data);
   tree.file('etc/uz/modules.list', inp.modules.map((m) => `${inp.kernelRelease}/${m.relPath}\n`).join(''));
+  tree.file('etc/uz/modules-late.list', late.map((m) => `${inp.kernelRelease}/${m.relPath}\n`).join(''));
 
   for (const f of inp.agentBundle) tree.file(`opt/uz/${f.name}`, f.text);
   for (const f of inp.app.files) tree.file(f.path, f.data, f.mode);

@@ -54,3 +54,13 @@ describe('probeHealth', () => {
     expect(await probeHealth({ type: 'tcp', host: '127.0.0.1', port: Number(new URL(base).port) })).toEqual({ ok: true, detail: 'tcp connected' });
   });
 });
+
+describe('warmUpHttp', () => {
+  it('closes its loopback server and socket: nothing is left listening or pending', async () => {
+    const { warmUpHttp } = await import('../../updater/workload/health.js');
+    const before = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().length;
+    await warmUpHttp();
+    await new Promise((r) => setTimeout(r, 50));
+    expect((process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().length).toBeLessThanOrEqual(before);
+  });
+});

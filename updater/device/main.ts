@@ -19,7 +19,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ImageInfoSchema } from './image-info.js';
 import type { Supervisor } from '../workload/supervisor.js';
-import { probeHealth, type HealthResult } from '../workload/health.js';
+import { probeHealth, warmUpHttp, type HealthResult } from '../workload/health.js';
 import { UbootEnvBootControl } from '../bootctl/uboot-env.js';
 import { RpiTrybootControl } from '../bootctl/rpi-tryboot.js';
 import type { BootControl, Slot } from '../bootctl/types.js';
@@ -120,6 +120,8 @@ export async function runAgent(early: EarlyStart): Promise<void> {
   }
   const info = parsed.data;
   const app = info.app;
+  // While the workload starts: make the first real health probe (and so UZ-READY) quicker.
+  if (app.health.check.type !== 'tcp') void warmUpHttp();
 
   let last: HealthResult = { ok: false, detail: 'not probed yet' };
   /** The MQTT agent, once there is one (declared here: keepProbing() may run before it exists). */

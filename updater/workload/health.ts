@@ -1,4 +1,4 @@
-import { request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import type { HealthCheck } from '../../firmware/apps/schema.js';
@@ -79,5 +79,29 @@ export async function probeHealth(check: HealthCheck, timeoutMs = 5000): Promise
     }
   } catch (e) {
     return { ok: false, detail: (e as Error).message };
+  }
+}
+
+/**
+ * One HTTP exchange with a throw-away server on loopback, so Node compiles its HTTP client and response
+ * parser (lazily compiled on first use: ~0.2 s on the emulated board) while the agent waits for the workload
+ * to start, not in the first successful probe on the way to UZ-READY. Never throws.
+ */
+export async function warmUpHttp(): Promise<void> {
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"jsonrpc":"2.0","id":1,"result":{}}'));
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve());
+    });
+    const { port } = server.address() as { port: number };
+    await probeHealth({ type: 'jsonrpc', url: `http://127.0.0.1:${port}`, method: 'warm.up', params: [] }, 2000);
+  } catch {
+    /* only an optimisation */
+  } finally {
+    server.close();
   }
 }
