@@ -140,7 +140,10 @@ export function registerFirmwareCommands(program: Command): void {
         forwards,
         signal: ac.signal,
       });
-      if (!r.ok && r.reason !== 'aborted') {
+      if (!o.until && r.reason === 'timeout') {
+        // Without --until the timeout is simply how long to watch the console: not a failure.
+        info(`uz: stopped the board after ${o.timeout} s`);
+      } else if (!r.ok && r.reason !== 'aborted') {
         info(`uz: QEMU_${r.reason.toUpperCase()}: ${r.reason === 'timeout' ? `no UZ-${o.until} within ${o.timeout} s` : (r.match ?? 'QEMU exited')}`);
         process.exitCode = 1;
       } else if (o.until) info(`uz: reached "${r.match}" after ${r.seconds.toFixed(1)} s`);
