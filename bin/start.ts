@@ -110,7 +110,8 @@ export function registerStartCommand(program: Command): void {
         failureThreshold: { percent: 20 },
         minDevices: 4,
       });
-      info(`\n  dashboard: ${urls.dashboard}   (API token: ${join(config.dataDir, 'admin.token')})\n  MQTT: ${urls.mqtt}   Ctrl-C stops everything\n`);
+      // urls.dashboard is the public URL (the board's view, 10.0.2.100 under QEMU); a person on this machine uses loopback.
+      info(`\n  dashboard: ${client.server}/   (API token: ${join(config.dataDir, 'admin.token')})\n  MQTT: ${urls.mqtt}   Ctrl-C stops everything\n`);
 
       let stopping = false;
       const stop = async () => {
