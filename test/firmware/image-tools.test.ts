@@ -85,7 +85,14 @@ describe('qemu-virt image checked with real tools', () => {
     ]);
     // No login, no getty, no package manager, no ssh.
     for (const f of ['usr/bin/login', 'usr/sbin/getty', 'usr/bin/dpkg', 'usr/bin/apt', 'usr/sbin/sshd', 'usr/sbin/dropbear']) expect(files.has(f), f).toBe(false);
-    const inittab = readCpio(readFileSync(cpioFile)).find((e) => e.path === 'etc/inittab')!.data.toString();
+    const entries = readCpio(readFileSync(cpioFile));
+    // Network and watchdog modules load after the data partition is mounted (board lateModules), off the
+    // path to the workload's start; the disk's modules before.
+    const listed = (p: string) => entries.find((e) => e.path === p)!.data.toString().split('\n').filter(Boolean).map((l) => l.split('/').pop());
+    expect(listed('etc/uz/modules.list')).toEqual(expect.arrayContaining(['virtio_blk.ko', 'ext4.ko', 'vfat.ko']));
+    expect(listed('etc/uz/modules.list')).not.toContain('virtio_net.ko');
+    expect(listed('etc/uz/modules-late.list')).toEqual(expect.arrayContaining(['virtio_net.ko', 'i6300esb.ko'])); // af_packet is built in
+    const inittab = entries.find((e) => e.path === 'etc/inittab')!.data.toString();
     expect(inittab).toContain('::respawn:/etc/uz/agent');
     expect(inittab).not.toContain('askfirst'); // no console shell in a release build
   });
