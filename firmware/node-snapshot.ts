@@ -1,6 +1,7 @@
 /**
- * The agent's V8 start-up snapshot (`/opt/uz/agent.blob`), built at image build time by the image's own
- * Node.js (Debian's arm64 build) under qemu-user.
+ * V8 start-up snapshots for the image (lib/node-snapshots.ts lists them: the agent's `/opt/uz/agent.blob`, and
+ * bootstrapped Node.js for workloads that opt in), built at image build time by the image's own Node.js
+ * (Debian's arm64 build) under qemu-user.
  *
  * Why: Debian builds Node.js without Node's own start-up snapshot and code cache (`node_use_node_snapshot` and
  * `node_use_node_code_cache` are false), so every plain start compiles Node's bootstrap JavaScript and then
@@ -21,7 +22,7 @@
  *
  * V8 refuses a snapshot made with different V8 flags or on a CPU with other features (e.g. LSE atomics on
  * a Cortex-A76): node then exits with code 14, and /etc/uz/agent starts the plain bundle instead. So the
- * snapshot is built for the board's CPU (Board.cpu), and the device runs it with exactly SNAPSHOT_NODE_FLAGS.
+ * snapshot is built for the board's CPU (Board.cpu), and the device runs it with exactly the spec's flags.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -35,8 +36,6 @@ import type { FileTree } from './initramfs/tree.js';
 import { AGENT_SNAPSHOT, type SnapshotSpec } from '../lib/node-snapshots.js';
 
 export { AGENT_SNAPSHOT, RUNTIME_SNAPSHOT, type SnapshotSpec } from '../lib/node-snapshots.js';
-export const AGENT_SNAPSHOT_BLOB = AGENT_SNAPSHOT.blob;
-export const SNAPSHOT_NODE_FLAGS = AGENT_SNAPSHOT.flags;
 
 /**
  * The runtime snapshot's script: loads the built-ins Node 20 can snapshot and most programs use, then, on

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Board } from '../../boards/schema.js';
-import { SNAPSHOT_NODE_FLAGS } from '../node-snapshot.js';
+import { AGENT_SNAPSHOT } from '../../lib/node-snapshots.js';
 
 const filesDir = fileURLToPath(new URL('./files/', import.meta.url));
 
@@ -40,7 +40,7 @@ export function buildEnv(p: InitParams): string {
     ...(p.board.wifi ? [`UZ_WIFI_IF=${shQuote(p.board.wifi.interface)}`] : []),
     `UZ_DEBUG=${p.debug ? 1 : 0}`,
     // The V8 flags /etc/uz/agent must pass with the agent's start-up snapshot (the ones it was built with).
-    `UZ_AGENT_SNAPSHOT_FLAGS=${shQuote(SNAPSHOT_NODE_FLAGS.join(' '))}`,
+    `UZ_AGENT_SNAPSHOT_FLAGS=${shQuote(AGENT_SNAPSHOT.flags.join(' '))}`,
     '',
   ].join('\n');
 }

@@ -1,5 +1,6 @@
 /**
- * The agent's first instant in the image: start the workload before the rest of the agent is needed.
+ * The agent's first instant in the image: wait for rcS to have mounted the data partition (it works in the
+ * background while this process starts), then start the workload before the rest of the agent is needed.
  *
  * Why this is separate from main.ts: without the start-up snapshot, Node needs seconds to compile and
  * evaluate the whole agent (zod, MQTT, TUF, the update engine) on a slow core — several seconds under
@@ -28,10 +29,10 @@ export const SYSINIT_DONE = '/run/uz/sysinit.done';
  * so Node.js comes up meanwhile; the workload needs that work done. A slow fsck or repair can take minutes on
  * a large card: wait as long as it takes, and say so once a minute.
  */
-async function sysinitDone(path = SYSINIT_DONE): Promise<void> {
+async function sysinitDone(): Promise<void> {
   const started = Date.now();
   let said = 0;
-  while (!existsSync(path)) {
+  while (!existsSync(SYSINIT_DONE)) {
     await new Promise((r) => setTimeout(r, 20));
     const minutes = Math.floor((Date.now() - started) / 60_000);
     if (minutes > said) {
@@ -40,6 +41,7 @@ async function sysinitDone(path = SYSINIT_DONE): Promise<void> {
     }
   }
 }
+
 let sup: Supervisor | null = null;
 
 type MainModule = typeof import('./main.js');
