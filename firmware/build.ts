@@ -162,7 +162,8 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
     ...(board.wifi && wifiHelper ? { wifi: { packages: wifiPkgs, firmware: wifiFirmware, helper: wifiHelper } } : {}),
   });
   if (trustRoot) tree.file(TRUST_ROOT_PATH, trustRoot);
-  if (o.nodeSnapshots ?? true) {
+  const withSnapshots = o.nodeSnapshots ?? true;
+  if (withSnapshots) {
     step(`building Node.js start-up snapshots for ${board.cpu} (qemu-user)`);
     const script = await bundleAgentSnapshotScript();
     const onWarn = o.onWarn ?? (() => {});
@@ -177,7 +178,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   const firmware = filesUnder(piFirmware, 'usr/lib/raspi-firmware/');
   const ubootBinary =
     board.boot.kind === 'rpi-firmware-uboot' ? filesUnder(uboot, `usr/lib/u-boot/${board.boot.ubootBuild}/`).get('u-boot.bin') : undefined;
-  const snapshots = (o.nodeSnapshots ?? true) ? { cpu: board.cpu, agent: true, workload: app.manifest.nodeStartupSnapshot } : null;
+  const snapshots = withSnapshots ? { cpu: board.cpu, agent: true, workload: app.manifest.nodeStartupSnapshot } : null;
   const release = { formatVersion: 1, board: board.id, version: o.version, app: { name: app.manifest.name, version: app.manifest.version }, kernel: kp.release, buildEpoch: epoch, debug: !!o.debug, startupSnapshots: snapshots };
   const sFiles = slotFiles({ board, kernelImage: kp.image, initrd, dtbs: kp.dtbs, firmware, release });
   const slotUsed = sFiles.reduce((n, f) => n + f.data.length, 0);

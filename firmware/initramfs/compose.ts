@@ -49,23 +49,18 @@ const DROP = [
  * /usr/share/nodejs (their dependencies as separate packages, TypeScript types) is never read. Keeps exactly
  * the files libnode names.
  */
-export function pruneNodeShare(tree: FileTree): { kept: string[]; removed: number } {
+export function pruneNodeShare(tree: FileTree): void {
   const libnode = tree.paths().find((p) => /^usr\/lib\/[^/]+\/libnode\.so\.\d+$/.test(p));
   const node = libnode ? tree.get(libnode) : undefined;
-  if (!node || node.type !== 'file') return { kept: [], removed: 0 };
+  if (!node || node.type !== 'file') return;
   const text = Buffer.from(node.data.buffer, node.data.byteOffset, node.data.byteLength).toString('latin1');
   const named = new Set([...text.matchAll(/\/usr\/share\/nodejs\/[A-Za-z0-9@._\-/]+\.js/g)].map((m) => m[0].slice(1)));
-  let removed = 0;
   for (const p of tree.paths()) {
     const n = tree.get(p);
-    if (!p.startsWith('usr/share/nodejs/') || !n || n.type === 'dir' || named.has(p)) continue;
-    tree.remove(p);
-    removed++;
+    if (p.startsWith('usr/share/nodejs/') && n && n.type !== 'dir' && !named.has(p)) tree.remove(p);
   }
-  const kept = [...named].filter((p) => tree.has(p)).sort();
   const missing = [...named].filter((p) => !tree.has(p));
   if (missing.length) throw new UzError('ROOTFS_NODE_BUILTIN_MISSING', `libnode loads ${missing.join(', ')}, which no package provides`, { missing });
-  return { kept, removed };
 }
 
 /**
