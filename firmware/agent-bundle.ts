@@ -1,6 +1,8 @@
 import { build, type BuildOptions } from 'esbuild';
 import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ImageInfo } from '../updater/device/image-info.js';
+import type { WarmUpSample } from '../updater/device/warm-up.js';
 
 /** One output file of the agent bundle: its name in /opt/uz/ and its text. */
 export interface AgentBundleFile {
@@ -70,6 +72,14 @@ export async function bundleWifiHelper(): Promise<string> {
 }
 
 /**
+ * The warm-up sample for an image's agent snapshot: its own image info with the version and build time
+ * blanked, so a new version of the same app on the same board reuses the cached snapshot.
+ */
+export function warmUpSample(imageInfo: ImageInfo): WarmUpSample {
+  return { imageInfo: { ...imageInfo, version: '0.0.0', buildEpoch: 0 } };
+}
+
+/**
  * Built-in modules Node 20 cannot put in a user start-up snapshot (lib/internal/main/mksnapshot.js lists the
  * supported ones; loading e.g. node:http while building fails). The snapshot script binds these lazily: a
  * module gets a stand-in whose first property access loads the real one, at run time on the device.
@@ -112,10 +122,12 @@ var require = function (id) {
  * script is a single file), and `debug` (used by mqtt) replaced by a silent stand-in that reads neither the
  * environment nor the terminal while modules load.
  */
-export async function bundleAgentSnapshotScript(): Promise<string> {
+export async function bundleAgentSnapshotScript(warmUp: WarmUpSample = {}): Promise<string> {
   const r = await imageBuildResult('updater/device/snapshot-entry.ts', {
     format: 'cjs',
-    banner: { js: LAZY_REQUIRE },
+    // The warm-up sample (updater/device/warm-up.ts) travels as data in the script, so it is part of the
+    // snapshot's cache key like the code.
+    banner: { js: `${LAZY_REQUIRE}var __UZ_WARM_UP__ = ${JSON.stringify(warmUp)};\n` },
     alias: { debug: './updater/device/no-debug.cjs' },
     metafile: true,
   });

@@ -9,7 +9,7 @@ import { extractDeb, type DebEntry } from './debian/deb.js';
 import { kernelParts, resolveModules } from './kernel.js';
 import { arm64ImageSize, QEMU_KERNEL_ROOM } from './boot/uboot-script.js';
 import { composeRootfs, packInitramfs } from './initramfs/compose.js';
-import { bundleAgent, bundleAgentSnapshotScript, bundleWifiHelper } from './agent-bundle.js';
+import { bundleAgent, bundleAgentSnapshotScript, bundleWifiHelper, warmUpSample } from './agent-bundle.js';
 import { AGENT_SNAPSHOT, RUNTIME_SNAPSHOT, RUNTIME_SNAPSHOT_SCRIPT, buildNodeSnapshot } from './node-snapshot.js';
 import { slotFiles, bootPartitionFiles, buildSlotVolume, writeDiskImage, writeSparse, type DiskLayout } from './image.js';
 import type { ImageInfo } from '../updater/device/image-info.js';
@@ -165,7 +165,7 @@ export async function buildImage(o: BuildOptions): Promise<BuildResult> {
   const withSnapshots = o.nodeSnapshots ?? true;
   if (withSnapshots) {
     step(`building Node.js start-up snapshots for ${board.cpu} (qemu-user)`);
-    const script = await bundleAgentSnapshotScript();
+    const script = await bundleAgentSnapshotScript(warmUpSample(imageInfo));
     const onWarn = o.onWarn ?? (() => {});
     tree.file(AGENT_SNAPSHOT.blob, await buildNodeSnapshot({ tree, script, cpu: board.cpu, spec: AGENT_SNAPSHOT, onWarn }));
     if (app.manifest.nodeStartupSnapshot) {

@@ -85,6 +85,20 @@ describe('the agent start-up snapshot', () => {
       rmSync(cache, { recursive: true, force: true });
     }
   }, 300_000);
+
+  it('runs the boot validation while it is built: an image info the agent would reject fails the build', async () => {
+    // The warm-up (updater/device/warm-up.ts) parses the sample in the builder's Node.js; a sample that does
+    // not validate must stop the build rather than ship a snapshot with the parsers still cold.
+    const bad = await bundleAgentSnapshotScript({ imageInfo: { formatVersion: 1, board: 'qemu-virt' } });
+    const cache = mkdtempSync(join(tmpdir(), 'uz-snapcache-'));
+    try {
+      await expect(buildAgentSnapshot({ tree, script: bad, cpu: 'cortex-a72', env: { ...process.env, UZ_CACHE_DIR: cache } })).rejects.toThrow(
+        /agent snapshot warm-up: the image info does not validate/,
+      );
+    } finally {
+      rmSync(cache, { recursive: true, force: true });
+    }
+  }, 300_000);
 });
 
 describe('a board whose CPU rejects the snapshot', () => {

@@ -14,12 +14,24 @@
  * verified slot; here only the fields that start the workload are checked, and main.ts validates the whole
  * file with its zod schema before any update policy reads it.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { Supervisor } from '../workload/supervisor.js';
 import { LogPersister } from '../workload/log-persist.js';
 import { dataVerdictAtStart, IMAGE_INFO_PATH, readSlot, workloadStartOf } from './early.js';
 
-const say = (line: string) => process.stdout.write(`${line}\n`);
+/**
+ * Console lines go straight to fd 1 (init's console). process.stdout would first build a TTY stream (Node's
+ * tty and net modules: ~0.3 s of CPU on the emulated board, before the workload could start). A console
+ * that would block (EAGAIN) gets the stream after all.
+ */
+const say = (line: string) => {
+  try {
+    writeSync(1, `${line}\n`);
+  } catch {
+    process.stdout.write(`${line}\n`);
+  }
+};
 
 /** Written by /etc/uz/rcS when the modules are loaded, the disk found and the data partition mounted. */
 export const SYSINIT_DONE = '/run/uz/sysinit.done';
@@ -52,6 +64,9 @@ export type AgentForm = 'snapshot' | 'bundle';
 async function start(loadMain: () => Promise<MainModule>, form: AgentForm): Promise<void> {
   const raw: unknown = JSON.parse(readFileSync(IMAGE_INFO_PATH, 'utf8'));
   const { version, app } = workloadStartOf(raw);
+  // Compile child_process now (bound lazily in the snapshot): when rcS is still busy, that costs nothing on
+  // the way to the workload's start.
+  void typeof spawn;
   await sysinitDone();
   const slot = readSlot();
   say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${version} app=${app.name} from=${form}`);
