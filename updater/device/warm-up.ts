@@ -4,7 +4,8 @@
  * snapshot carries their compiled code. zod builds each object schema's parser the first time it parses,
  * and V8 compiles each function on its first call; in a snapshot, what already ran stays compiled.
  * Measured on the emulated board (a CPU profile of the agent): validating /etc/uz/image.json alone took about
- * 1 s of CPU on a cold snapshot, while the workload was starting on the same two cores.
+ * 1 s of CPU on a cold snapshot, while the workload was starting on the same two cores. The device config,
+ * agent config and saved state a provisioned board reads at every boot are warmed with placeholder samples.
  *
  * Data only: no files, clock or environment (the snapshot must not depend on the build host). The builder
  * passes this image's own image info with the version and build time blanked (warmUpSample in
@@ -13,6 +14,8 @@
  */
 import { ImageInfoSchema } from './image-info.js';
 import { parseConfig } from '../config.js';
+import { DEVICE_CONFIG_FORMAT_VERSION, parseDeviceConfig } from '../../firmware/provision/config.js';
+import { StateRecordSchema } from '../state/store.js';
 
 /** A device config as a provisioned board carries one (docs/configuration.md); values are placeholders. */
 const AGENT_CONFIG_SAMPLE = {
@@ -27,6 +30,18 @@ const AGENT_CONFIG_SAMPLE = {
   keepaliveSeconds: 30,
 };
 
+/** A provisioned uz-device.json (docs/provisioning.md); placeholder values. */
+const DEVICE_CONFIG_SAMPLE = JSON.stringify({
+  formatVersion: DEVICE_CONFIG_FORMAT_VERSION,
+  deviceName: 'warm-up-device',
+  server: { httpUrl: 'https://updates.invalid', mqttUrl: 'mqtts://broker.invalid:8883' },
+  ntpServers: ['pool.ntp.org'],
+  channel: 'stable',
+});
+
+/** The update engine's saved state of a settled board (updater/state/store.ts). */
+const STATE_SAMPLE = { v: 1, state: 'idle', update: null, committed: { slot: 'A', version: '0.0.0', rollbackCounter: 0 }, floor: 0, done: null, lastError: null, savedAt: 0 };
+
 export interface WarmUpSample {
   /** This image's /etc/uz/image.json, version and build time blanked. */
   imageInfo?: unknown;
@@ -39,4 +54,8 @@ export function warmUpSchemas(sample: WarmUpSample): void {
     if (!r.success) throw new Error(`agent snapshot warm-up: the image info does not validate: ${r.error.issues[0]?.path.join('.')}: ${r.error.issues[0]?.message}`);
   }
   parseConfig(AGENT_CONFIG_SAMPLE, 'agent snapshot warm-up');
+  const dev = parseDeviceConfig(DEVICE_CONFIG_SAMPLE);
+  if (!dev.ok) throw new Error(`agent snapshot warm-up: the sample device config does not validate: ${dev.field}: ${dev.message}`);
+  const state = StateRecordSchema.safeParse(STATE_SAMPLE);
+  if (!state.success) throw new Error(`agent snapshot warm-up: the sample state does not validate: ${state.error.issues[0]?.path.join('.')}`);
 }
