@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { EventEmitter } from 'node:events';
 import { probeHealth } from '../../updater/workload/health.js';
 
 // The workload health probe against a real loopback HTTP server playing a workload in various moods.
@@ -62,5 +63,37 @@ describe('warmUpHttp', () => {
     await warmUpHttp();
     await new Promise((r) => setTimeout(r, 50));
     expect((process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().length).toBeLessThanOrEqual(before);
+  });
+});
+
+describe('untilProbeDue (the start-up probe pacing)', () => {
+  const pace = async (emitAtMs: number[]): Promise<{ resolvedAtMs: number; listeners: number }> => {
+    vi.useFakeTimers();
+    try {
+      const { untilProbeDue } = await import('../../updater/workload/health.js');
+      const sup = new EventEmitter();
+      let resolvedAtMs = -1;
+      const t0 = Date.now();
+      void untilProbeDue(sup, 250, 100).then(() => (resolvedAtMs = Date.now() - t0));
+      let at = 0;
+      for (const ms of emitAtMs) {
+        await vi.advanceTimersByTimeAsync(ms - at);
+        at = ms;
+        sup.emit('output', 'a line');
+      }
+      await vi.advanceTimersByTimeAsync(400 - at);
+      return { resolvedAtMs, listeners: sup.listenerCount('output') };
+    } finally {
+      vi.useRealTimers();
+    }
+  };
+
+  it('waits the whole interval while the workload is silent', async () => {
+    expect(await pace([])).toEqual({ resolvedAtMs: 250, listeners: 0 });
+  });
+
+  it('probes as soon as the workload writes a line, but never sooner than the minimum gap', async () => {
+    expect(await pace([120])).toEqual({ resolvedAtMs: 120, listeners: 0 });
+    expect(await pace([10, 20, 30])).toEqual({ resolvedAtMs: 100, listeners: 0 });
   });
 });

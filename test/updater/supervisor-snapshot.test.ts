@@ -84,3 +84,18 @@ describe('workload start-up snapshot', () => {
     await s.stop(1000);
   });
 });
+
+describe('workload output', () => {
+  it('is announced line by line (the agent probes health when a workload says something)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'uz-sup-'));
+    dirs.push(dir);
+    const { s, lines } = supervise(dir, false, false);
+    const heard: string[] = [];
+    s.on('output', (l) => heard.push(l));
+    s.start();
+    await until(() => lines.length > 0);
+    expect(heard).toEqual(lines);
+    expect(heard[0]).toMatch(/^argv: /);
+    await s.stop(1000);
+  });
+});

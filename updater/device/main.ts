@@ -19,7 +19,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ImageInfoSchema } from './image-info.js';
 import type { Supervisor } from '../workload/supervisor.js';
-import { probeHealth, warmUpHttp, type HealthResult } from '../workload/health.js';
+import { probeHealth, STARTUP_PROBE_INTERVAL_MS, untilProbeDue, warmUpHttp, type HealthResult } from '../workload/health.js';
 import { UbootEnvBootControl } from '../bootctl/uboot-env.js';
 import { RpiTrybootControl } from '../bootctl/rpi-tryboot.js';
 import type { BootControl, Slot } from '../bootctl/types.js';
@@ -177,7 +177,7 @@ export async function runAgent(early: EarlyStart): Promise<void> {
       }
       if (signal.aborted) return { ok: false, detail: 'aborted' };
       // A loopback probe is cheap; probing often during start-up makes UZ-READY (and the commit) prompt.
-      await new Promise((r) => setTimeout(r, 250));
+      await untilProbeDue(sup, STARTUP_PROBE_INTERVAL_MS);
     }
   };
 

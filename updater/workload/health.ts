@@ -105,3 +105,36 @@ export async function warmUpHttp(): Promise<void> {
     server.close();
   }
 }
+
+/** Where the workload's lines are announced (the Supervisor's 'output' event). */
+export interface WorkloadOutput {
+  on(event: 'output', listener: () => void): unknown;
+  off(event: 'output', listener: () => void): unknown;
+}
+
+/** How often the workload's health is probed until it first passes. */
+export const STARTUP_PROBE_INTERVAL_MS = 250;
+
+/**
+ * Resolves after `intervalMs`, or as soon as the workload writes a line: servers usually log when they start
+ * listening, so the next probe goes out then instead of up to an interval later (~125 ms on average, on every
+ * boot and every update trial). Never sooner than `minGapMs` after the previous probe, so a chatty workload
+ * does not turn start-up into a probe loop.
+ */
+export function untilProbeDue(sup: WorkloadOutput, intervalMs: number, minGapMs = 100): Promise<void> {
+  return new Promise((resolve) => {
+    const since = Date.now();
+    const done = () => {
+      clearTimeout(timer);
+      sup.off('output', hint);
+      resolve();
+    };
+    const hint = () => {
+      sup.off('output', hint);
+      clearTimeout(timer);
+      timer = setTimeout(done, Math.max(0, minGapMs - (Date.now() - since)));
+    };
+    let timer = setTimeout(done, intervalMs);
+    sup.on('output', hint);
+  });
+}

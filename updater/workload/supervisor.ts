@@ -26,6 +26,8 @@ export interface SupervisorEvents {
   /** V8 refused the Node.js start-up snapshot (exit code 14): the workload is started again without it. */
   snapshotRejected: [];
   exited: [code: number | null, signal: NodeJS.Signals | null, restartInMs: number];
+  /** The workload wrote a line (servers usually say when they listen: a hint to probe its health now). */
+  output: [line: string];
 }
 
 export class Supervisor extends EventEmitter<SupervisorEvents> {
@@ -70,6 +72,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         if (line) {
           this.log.push(line);
           this.echo(line);
+          this.emit('output', line);
         }
       }
     };
