@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { loadManifest } from '../../firmware/apps/index.js';
 import { warmUpSample } from '../../firmware/agent-bundle.js';
-import { warmUpSchemas } from '../../updater/device/warm-up.js';
+import { warmUpSchemas, warmUpStreams } from '../../updater/device/warm-up.js';
 import type { ImageInfo } from '../../updater/device/image-info.js';
 
 const info = (app: string): ImageInfo => ({
@@ -35,5 +35,15 @@ describe('agent snapshot warm-up', () => {
   it('fails, naming the field, on an image info the agent would refuse', () => {
     const bad = { ...info('demo'), bootControl: 'floppy' };
     expect(() => warmUpSchemas({ imageInfo: bad })).toThrow(/agent snapshot warm-up: the image info does not validate: bootControl/);
+  });
+});
+
+describe('stream warm-up', () => {
+  it('opens nothing and leaves nothing pending (the snapshot builder would refuse a live handle)', async () => {
+    const before = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').sort();
+    warmUpStreams();
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+    expect(process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').sort()).toEqual(before);
   });
 });

@@ -14,13 +14,14 @@
 import { startupSnapshot } from 'node:v8';
 import * as main from './main.js';
 import { startAgent } from './start.js';
-import { warmUpSchemas, type WarmUpSample } from './warm-up.js';
+import { warmUpSchemas, warmUpStreams, type WarmUpSample } from './warm-up.js';
 
 /** Set by the snapshot script's banner (firmware/agent-bundle.ts bundleAgentSnapshotScript). */
 declare const __UZ_WARM_UP__: WarmUpSample | null;
 
 // While the snapshot is built: run the boot's validation once, so the device starts with it compiled.
 warmUpSchemas(__UZ_WARM_UP__ ?? {});
+warmUpStreams();
 
 startupSnapshot.setDeserializeMainFunction(() => {
   void startAgent(async () => main, 'snapshot');

@@ -16,6 +16,8 @@ import { ImageInfoSchema } from './image-info.js';
 import { parseConfig } from '../config.js';
 import { DEVICE_CONFIG_FORMAT_VERSION, parseDeviceConfig } from '../../firmware/provision/config.js';
 import { StateRecordSchema } from '../state/store.js';
+import { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
 
 /** A device config as a provisioned board carries one (docs/configuration.md); values are placeholders. */
 const AGENT_CONFIG_SAMPLE = {
@@ -58,4 +60,20 @@ export function warmUpSchemas(sample: WarmUpSample): void {
   if (!dev.ok) throw new Error(`agent snapshot warm-up: the sample device config does not validate: ${dev.field}: ${dev.message}`);
   const state = StateRecordSchema.safeParse(STATE_SAMPLE);
   if (!state.success) throw new Error(`agent snapshot warm-up: the sample state does not validate: ${state.error.issues[0]?.path.join('.')}`);
+}
+
+/**
+ * Node's own stream and socket code is compiled on first use too. Starting the workload wraps its stdout and
+ * stderr pipes in net.Socket streams and reads them; constructing a socket without a handle and passing data
+ * through a stream here compiles those paths without opening anything (nothing is left for the snapshot to
+ * refuse: no handle, no pending callback once the builder's event loop has run).
+ */
+export function warmUpStreams(): void {
+  const pass = new PassThrough();
+  pass.on('data', () => {});
+  pass.write('warm-up');
+  pass.end();
+  const socket = new Socket();
+  socket.on('error', () => {});
+  socket.destroy();
 }
