@@ -45,6 +45,25 @@ export const RUNTIME_SNAPSHOT_SCRIPT = `'use strict';
 // unikernel-z: Node.js start-up snapshot for workloads (firmware/node-snapshot.ts). Built at image build time.
 const v8 = require('node:v8');
 for (const m of ['assert', 'buffer', 'crypto', 'dns', 'events', 'fs', 'fs/promises', 'net', 'os', 'path', 'querystring', 'stream', 'stream/promises', 'string_decoder', 'timers', 'timers/promises', 'url', 'util', 'zlib']) require('node:' + m);
+// Warm-up: run once the Node code every workload start uses (stdio pipes are sockets, console.log formats,
+// the main script's path becomes a URL), so the snapshot carries it compiled. Nothing is opened: no file,
+// handle or timer is left for the snapshot.
+{
+  const { PassThrough } = require('node:stream');
+  const net = require('node:net');
+  const util = require('node:util');
+  const pass = new PassThrough();
+  pass.on('data', () => {});
+  pass.write('warm-up');
+  pass.end();
+  const socket = new net.Socket();
+  socket.on('error', () => {});
+  socket.destroy();
+  new net.Server();
+  util.format('%s %d %j %o', 'warm-up', 1, { up: [1] }, [null]);
+  util.inspect({ warm: ['up', 1, null, undefined, 2n, new Map([[1, { a: new Set([1]) }]])] }, { depth: 4 });
+  require('node:url').pathToFileURL('/usr/lib/uz/warm-up.mjs');
+}
 v8.startupSnapshot.setDeserializeMainFunction(() => {
   require('node:module').runMain(process.argv[1]);
 });
