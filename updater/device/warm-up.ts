@@ -19,7 +19,7 @@ import { StateRecordSchema } from '../state/store.js';
 import { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 
-/** A device config as a provisioned board carries one (docs/configuration.md); values are placeholders. */
+/** An agent config (/data/uz/agent.json or /etc/uz/agent.json, docs/agent.md); values are placeholders. */
 const AGENT_CONFIG_SAMPLE = {
   configVersion: 1,
   deviceId: 'warm-up-device',
