@@ -1,5 +1,11 @@
 import { z } from 'zod';
 
+/** arm64 ELF HWCAP bits in order (Linux arch/arm64/include/uapi/asm/hwcap.h): bit i is HWCAP_NAMES[i]. */
+export const HWCAP_NAMES = [
+  'fp', 'asimd', 'evtstrm', 'aes', 'pmull', 'sha1', 'sha2', 'crc32', 'atomics', 'fphp', 'asimdhp', 'cpuid', 'asimdrdm', 'jscvt', 'fcma', 'lrcpc',
+  'dcpop', 'sha3', 'sm3', 'sm4', 'asimddp', 'sha512', 'sve', 'asimdfhm', 'dit', 'uscat', 'ilrcpc', 'flagm', 'ssbs', 'sb', 'paca', 'pacg',
+] as const;
+
 /**
  * A board is data: adding one is adding a JSON file here (and a boot-control scheme only if it is new).
  * Everything the builder, the agent and the QEMU runner need to know about a board lives in this schema.
@@ -20,6 +26,13 @@ export const BoardSchema = z
      * (firmware/node-snapshot.ts): V8 only accepts a snapshot made on a CPU with the same features.
      */
     cpu: z.enum(['cortex-a53', 'cortex-a72', 'cortex-a76']),
+    /**
+     * The SoC's CPU features as Linux reports them (/proc/cpuinfo `Features`, the ELF HWCAP bits), where they
+     * differ from QEMU's model of `cpu`: QEMU models every core with the crypto extensions, which the Pi 3, 4
+     * and Zero 2 W lack. V8 records the HWCAP-derived features in a snapshot's version tag, so
+     * test/firmware/snapshot-cpu.test.ts checks that these give the tag of the model the snapshot is built for.
+     */
+    hwcaps: z.array(z.enum(HWCAP_NAMES)).min(1).optional(),
     bootControl: BootControlScheme,
     /**
      * How the board starts: `qemu-uboot` = U-Boot given to QEMU as its firmware (-bios);

@@ -159,11 +159,11 @@ function runCaptured(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promi
   });
 }
 
-/** Lays out the node runtime, the script and the emulator in `dir` (the chroot). */
-async function stageRoot(dir: string, o: SnapshotOptions, qemu: string): Promise<void> {
-  for (const p of o.tree.paths()) {
+/** Writes the image's Node.js runtime (binary, libraries, externalised built-ins) from `tree` under `dir`. */
+export async function stageNodeRuntime(dir: string, tree: FileTree): Promise<void> {
+  for (const p of tree.paths()) {
     if (!runtimePath(p)) continue;
-    const n = o.tree.get(p)!;
+    const n = tree.get(p)!;
     const dst = join(dir, p);
     if (n.type === 'dir') await mkdir(dst, { recursive: true });
     else if (n.type === 'file') {
@@ -176,6 +176,11 @@ async function stageRoot(dir: string, o: SnapshotOptions, qemu: string): Promise
     }
   }
   for (const m of ['bin', 'lib', 'sbin']) await symlink(`usr/${m}`, join(dir, m));
+}
+
+/** Lays out the node runtime, the script and the emulator in `dir` (the chroot). */
+async function stageRoot(dir: string, o: SnapshotOptions, qemu: string): Promise<void> {
+  await stageNodeRuntime(dir, o.tree);
   const spec = o.spec ?? AGENT_SNAPSHOT;
   await mkdir(join(dir, dirname(spec.scriptPath)), { recursive: true });
   await mkdir(join(dir, dirname(spec.blob)), { recursive: true });
