@@ -171,6 +171,20 @@ export function qemuArgs(o: { image: string; bios: string; envFlash?: string; bo
   ];
 }
 
+/** A kernel message's timestamp, `[   35.047361] `. */
+const KERNEL_MESSAGE = /\[\s*\d+\.\d{6}\] /;
+
+/**
+ * One serial-console line as separate lines. The kernel prints its messages to the console whenever they
+ * happen, also between a program's text and that text's newline (seen under load: `UZ-NET … reason=wrong-key[
+ * 35.047361] hrtimer: interrupt took …`); the program's line then ends where the kernel message begins.
+ */
+export function consoleLines(line: string): string[] {
+  const m = KERNEL_MESSAGE.exec(line);
+  if (!m || m.index === 0) return [line];
+  return [line.slice(0, m.index), line.slice(m.index)];
+}
+
 export async function runQemu(o: QemuRunOptions): Promise<QemuRunResult> {
   requireQemu();
   const bios = o.bios ?? (await ubootForQemu());
@@ -198,11 +212,12 @@ export async function runQemu(o: QemuRunOptions): Promise<QemuRunResult> {
     const rl = createInterface({ input: child.stdout });
     rl.on('line', (raw) => {
       // eslint-disable-next-line no-control-regex
-      const line = raw.replace(/\r/g, '').replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
-      lines.push(line);
-      o.onLine?.(line);
-      if (o.until && o.until.test(line)) finish({ ok: true, reason: 'matched', match: line });
-      else if (failOnPanic && /Kernel panic - not syncing/.test(line)) finish({ ok: false, reason: 'panic', match: line });
+      for (const line of consoleLines(raw.replace(/\r/g, '').replace(/\x1b\[[0-9;]*[A-Za-z]/g, ''))) {
+        lines.push(line);
+        o.onLine?.(line);
+        if (o.until && o.until.test(line)) finish({ ok: true, reason: 'matched', match: line });
+        else if (failOnPanic && /Kernel panic - not syncing/.test(line)) finish({ ok: false, reason: 'panic', match: line });
+      }
     });
     child.on('exit', () => {
       if (stderr.trim()) lines.push(`[qemu] ${stderr.trim()}`);

@@ -175,3 +175,13 @@ describe('app manifest: nodeStartupSnapshot', () => {
     expect(AppManifestSchema.safeParse({ ...demo, command: '/usr/bin/busybox', nodeStartupSnapshot: false }).success).toBe(true);
   });
 });
+
+describe('serial console lines', () => {
+  it('splits a kernel message printed between a line and its newline, so markers still match', async () => {
+    const { consoleLines } = await import('../../firmware/qemu.js');
+    const torn = 'UZ-NET wifi ssid="uz lab-ap" state=failed reason=wrong-key[   35.047361] hrtimer: interrupt took 20408032 ns';
+    expect(consoleLines(torn)).toEqual(['UZ-NET wifi ssid="uz lab-ap" state=failed reason=wrong-key', '[   35.047361] hrtimer: interrupt took 20408032 ns']);
+    expect(consoleLines('[    1.581493] Run /init as init process')).toEqual(['[    1.581493] Run /init as init process']);
+    expect(consoleLines('UZ-READY slot=A version=1.0.0')).toEqual(['UZ-READY slot=A version=1.0.0']);
+  });
+});
