@@ -176,8 +176,9 @@ const KERNEL_MESSAGE = /\[\s*\d+\.\d{6}\] /;
 
 /**
  * One serial-console line as separate lines. The kernel prints its messages to the console whenever they
- * happen, also between a program's text and that text's newline (seen under load: `UZ-NET … reason=wrong-key[
- * 35.047361] hrtimer: interrupt took …`); the program's line then ends where the kernel message begins.
+ * happen, also between a program's text and that text's newline. Seen under load:
+ *   UZ-NET … reason=wrong-key[   35.047361] hrtimer: interrupt took …
+ * The program's line then ends where the kernel message begins.
  */
 export function consoleLines(line: string): string[] {
   const m = KERNEL_MESSAGE.exec(line);
