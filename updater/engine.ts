@@ -414,6 +414,11 @@ export class UpdateEngine {
     return 'moved';
   }
 
+  private announceReady(): void {
+    if (!this.readyAnnounced) this.d.notify?.({ kind: 'ready', slot: this.booted, version: this.d.running.version });
+    this.readyAnnounced = true;
+  }
+
   /**
    * Once the running slot is healthy, record it as good (refreshes U-Boot's attempts) and announce readiness.
    * Skipped while a trial boot is armed: marking the running slot good would cancel the try.
@@ -434,15 +439,23 @@ export class UpdateEngine {
         return;
       }
       if (IN_TRY.has(this.rec.state)) return;
+      // An ordinary boot of the committed slot decides nothing: the bootloader only gets back the attempt it
+      // counted for this boot, so readiness is announced at once and the refresh follows (it costs a remount
+      // and fsyncs of the boot partition; a power cut before it ends merely leaves one attempt fewer, as one
+      // before the health check would). Any other boot (the bootloader fell back, an untracked trial, a slot
+      // it counts as used up) is recorded good first: there UZ-READY also says which slot boots next.
+      const sel = await this.bootctl.read();
+      const ordinary = sel.primary === this.booted && sel.tryPending === null && !sel.bad.includes(this.booted) && this.rec.committed.slot === this.booted;
+      if (ordinary) this.announceReady();
       await this.bootctl.markGood(this.booted);
+      this.log(`slot ${this.booted} marked good: the bootloader's attempts are refreshed`);
       if (this.rec.committed.slot !== this.booted && RESTING.has(this.rec.state)) {
         // The bootloader fell back on its own (the committed slot stopped booting): what runs is what is committed.
         await this.runner.run(async () => {
           if (RESTING.has(this.rec.state)) await this.enter(this.rec.state, { committed: { ...this.rec.committed, slot: this.booted, version: this.d.running.version } });
         });
       }
-      if (!this.readyAnnounced) this.d.notify?.({ kind: 'ready', slot: this.booted, version: this.d.running.version });
-      this.readyAnnounced = true;
+      this.announceReady();
     } catch (e) {
       this.log(`marking slot ${this.booted} good failed: ${(e as Error).message}`);
     }

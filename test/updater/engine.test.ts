@@ -109,6 +109,65 @@ describe.each(['uboot-bootcount', 'rpi-tryboot'] as const)('engine on %s', (sche
   });
 });
 
+describe('when UZ-READY is announced relative to marking the slot good', () => {
+  /** The sim board's boot control, with its markGood calls recorded in the same timeline as the notices. */
+  const timed = (b: Awaited<ReturnType<typeof board>>, events: string[]) => {
+    const bc = b.m.bootControl();
+    return {
+      ...bc,
+      scheme: bc.scheme,
+      bootedSlot: () => bc.bootedSlot(),
+      read: () => bc.read(),
+      markBad: (s: 'A' | 'B') => bc.markBad(s),
+      armTry: (s: 'A' | 'B') => bc.armTry(s),
+      reboot: () => bc.reboot(),
+      markGood: async (s: 'A' | 'B') => {
+        await bc.markGood(s);
+        events.push(`marked-good:${s}`);
+      },
+    };
+  };
+
+  it('an ordinary boot of the committed slot announces ready before the attempts are refreshed, and refreshes them', async () => {
+    const b = await board();
+    const events: string[] = [];
+    const r = await b.bootAndStart({ bootctl: timed(b, events), notify: (n) => n.kind === 'ready' && events.push(`ready:${n.slot}`) });
+    await r.e.settled();
+    expect(events).toEqual(['ready:A', 'marked-good:A']);
+    // The refresh happened: U-Boot's attempts for A are full again after the settle.
+    b.crash.powerCut();
+    const run = await b.m.boot({ A: true, B: true });
+    expect(run.slot).toBe('A');
+    expect(await b.m.bootControl().read()).toEqual({ primary: 'A', tryPending: null, bad: [] });
+  });
+
+  it('a trial armed outside the agent is marked good before ready is announced (UZ-READY then says it stays)', async () => {
+    const b = await board();
+    await b.m.boot({ A: true, B: true });
+    await b.m.bootControl().armTry('B');
+    b.crash.powerCut();
+    const events: string[] = [];
+    const r = await b.bootAndStart({ bootctl: timed(b, events), notify: (n) => n.kind === 'ready' && events.push(`ready:${n.slot}`) });
+    await r.e.settled();
+    expect(r.slot).toBe('B');
+    expect(events).toEqual(['marked-good:B', 'ready:B']);
+  });
+
+  it('a tracked update commits before ready is announced', async () => {
+    const b = await board();
+    let r = await b.bootAndStart();
+    await r.e.offer(desired('t1'));
+    await r.e.settled();
+    b.crash.powerCut();
+    const events: string[] = [];
+    r = await b.bootAndStart({ bootctl: timed(b, events), notify: (n) => n.kind === 'ready' && events.push(`ready:${n.slot}`) });
+    await r.e.settled();
+    expect(r.slot).toBe('B');
+    expect(events[0]).toBe('marked-good:B');
+    expect(events.filter((e) => e.startsWith('ready'))).toEqual(['ready:B']);
+  });
+});
+
 describe('engine decisions', () => {
   it('a release for another board is rejected at checking: failed WRONG_BOARD, boot selection untouched', async () => {
     const b = await board();
