@@ -6,6 +6,8 @@ import { AppManifestSchema } from '../../firmware/apps/schema.js';
 import { loadManifest, resolveApp, deepMerge, checkElf } from '../../firmware/apps/index.js';
 import { formatBootEnv, parseBootEnv, FACTORY_STATE, bootScriptText, mkimageScript } from '../../firmware/boot/uboot-script.js';
 import { autobootTxt, parseAutoboot } from '../../firmware/boot/tryboot.js';
+import { kernelCommandLine } from '../../firmware/boot/cmdline.js';
+import type { Board } from '../../boards/schema.js';
 import { crc32 } from 'node:zlib';
 import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
@@ -138,6 +140,19 @@ describe('U-Boot bootcount script and state', () => {
   it('Pi U-Boot boards load the DTB from the slot', () => {
     const text = bootScriptText(getBoard('rpi3'));
     expect(text).toContain('load mmc 0:${uz_part} ${fdt_addr_r} ${fdtfile}');
+  });
+});
+
+describe('kernel command line', () => {
+  it('turns page-table isolation off on every shipped board (their cores have no Meltdown), and says so in boot.scr', () => {
+    for (const b of listBoards()) expect(kernelCommandLine(b), b.id).toContain('kpti=0');
+    expect(bootScriptText(getBoard('qemu-virt'))).toMatch(/setenv bootargs "console=ttyAMA0 [^"]*kpti=0/);
+  });
+  it('leaves it on for a core not known to be free of Meltdown (a Cortex-A75, say)', () => {
+    const a75 = { ...getBoard('rpi4'), cpu: 'cortex-a75' } as unknown as Board;
+    const line = kernelCommandLine(a75);
+    expect(line).not.toContain('kpti=0');
+    expect(line).toContain('cryptomgr.notests');
   });
 });
 
