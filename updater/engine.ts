@@ -442,8 +442,10 @@ export class UpdateEngine {
       // An ordinary boot of the committed slot decides nothing: the bootloader only gets back the attempt it
       // counted for this boot, so readiness is announced at once and the refresh follows (it costs a remount
       // and fsyncs of the boot partition; a power cut before it ends merely leaves one attempt fewer, as one
-      // before the health check would). Any other boot (the bootloader fell back, an untracked trial, a slot
-      // it counts as used up) is recorded good first: there UZ-READY also says which slot boots next.
+      // before the health check would). "Ordinary" means the bootloader's next normal boot is this slot and
+      // the saved state has it committed. Any other boot (a fallback away from the committed slot, an untracked
+      // trial, a slot the bootloader counts as used up) is recorded good first: UZ-READY then also says which
+      // slot boots next.
       const sel = await this.bootctl.read();
       const ordinary = sel.primary === this.booted && sel.tryPending === null && !sel.bad.includes(this.booted) && this.rec.committed.slot === this.booted;
       if (ordinary) this.announceReady();
