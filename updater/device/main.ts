@@ -3,8 +3,9 @@
  * started the workload. It owns the workload and the whole A/B update flow:
  *   - supervises the workload (the Supervisor entry.ts started) and probes its real health check;
  *   - runs the update engine: start-up recovery from the saved state, then desired releases from MQTT;
- *   - prints `UZ-READY slot=X version=V` only after the health check passed AND the slot was recorded good
- *     (a trial boot is committed at that moment);
+ *   - prints `UZ-READY slot=X version=V` only after the health check passed; a trial boot is committed before
+ *     it, an ordinary boot of the committed slot gets its bootloader attempts back right after it
+ *     (docs/agent.md, "When UZ-READY is printed");
  *   - a trial boot that is not healthy within the deadline is marked bad and rebooted, so the bootloader
  *     returns to the previous slot (also for a trial armed by hand, as the QEMU bootcount test does).
  * Without an agent config (no /data/uz/agent.json nor /etc/uz/agent.json, no valid or remembered uz-device.json:
