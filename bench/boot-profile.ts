@@ -141,8 +141,9 @@ async function main(): Promise<void> {
         gdb.send('c');
         await sleep(intervalMs);
       }
-      gdb.send('D'); // detach: the guest runs on undisturbed
-      gdb.close();
+      // The guest runs on (the last request was `c`); the connection stays open until QEMU is killed: closing
+      // or detaching it here left the guest stopped in a trial run.
+
       log(`${samples.length / 2} samples per vCPU; reading this boot's kernel symbols through the debug shell`);
       await sleep(500);
       q.stdin!.write('\n'); // busybox init's askfirst: "Please press Enter to activate this console."
@@ -150,6 +151,7 @@ async function main(): Promise<void> {
       q.stdin!.write('cat /proc/kallsyms > /data/uz-kallsyms; sync; echo UZ-KALLSYMS-DONE\n');
       await until(/^UZ-KALLSYMS-DONE$/, 180_000);
       q.kill('SIGKILL');
+      gdb.close();
 
       const symbols = parseKallsyms(await readKallsyms(copy, work));
       if (symbols.length < 1000) throw new Error(`only ${symbols.length} kernel symbols read back`);
@@ -181,7 +183,7 @@ async function main(): Promise<void> {
   }
 }
 
-/** Copies partition 4 (data, ext4) out of the image and dumps /uz-kallsyms from it with debugfs. */
+/** Copies partition 4 (data, ext4) out of the image and dumps /uz-kallsyms from it with e2fsck + debugfs. */
 async function readKallsyms(image: string, work: string): Promise<string> {
   const f = await open(image, 'r');
   try {
@@ -201,6 +203,9 @@ async function readKallsyms(image: string, work: string): Promise<string> {
     } finally {
       await out.close();
     }
+    // The file may still be only in ext4's journal (the guest synced, nothing checkpointed it): replay it.
+    const fsck = spawnSync('e2fsck', ['-fy', part], { encoding: 'utf8' });
+    if (fsck.status === null || fsck.status >= 4) throw new Error(`e2fsck of the data partition failed (${fsck.status}): ${fsck.stdout}${fsck.stderr}`);
     const dump = join(work, 'kallsyms.txt');
     const r = spawnSync('debugfs', ['-R', `dump /uz-kallsyms ${dump}`, part], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`debugfs failed: ${r.stderr}`);
