@@ -74,8 +74,7 @@ export interface ClockOptions {
   log?: (line: string) => void;
 }
 
-// Bound on first use, not at load: the agent's start-up snapshot (firmware/node-snapshot.ts) is built
-// without loading child_process.
+// Made per call rather than at module load: nothing runs while the start-up snapshot is built.
 const run = (file: string, args: string[] = []) => promisify(execFile)(file, args);
 export const setClockWithDate = async (ms: number): Promise<void> => {
   await run('date', ['-s', `@${Math.round(ms / 1000)}`]);

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { loadManifest } from '../../firmware/apps/index.js';
 import { warmUpSample } from '../../firmware/agent-bundle.js';
-import { warmUpSchemas, warmUpStreams } from '../../updater/device/warm-up.js';
+import { warmUpSchemas, warmUpSpawn, warmUpStreams } from '../../updater/device/warm-up.js';
 import type { ImageInfo } from '../../updater/device/image-info.js';
 
 const info = (app: string): ImageInfo => ({
@@ -44,6 +44,21 @@ describe('stream warm-up', () => {
     warmUpStreams();
     await new Promise((r) => setImmediate(r));
     await new Promise((r) => setImmediate(r));
+    expect(process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').sort()).toEqual(before);
+  });
+
+  it('the spawn warm-up runs nothing and leaves nothing once its ENOENT has arrived', async () => {
+    const before = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').sort();
+    const errors: unknown[] = [];
+    const onUncaught = (e: unknown) => errors.push(e);
+    process.on('uncaughtException', onUncaught);
+    try {
+      warmUpSpawn();
+      for (let i = 0; i < 20 && process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').length > before.length; i++) await new Promise((r) => setTimeout(r, 10));
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+    expect(errors).toEqual([]);
     expect(process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap').sort()).toEqual(before);
   });
 });

@@ -41,8 +41,7 @@ import { judge, measureData } from '../workload/data-guard.js';
 import { httpTufFetch, tufTrustRefresher } from '../trust/refresh.js';
 import { join } from 'node:path';
 
-// Bound on first use, not at load: the agent's start-up snapshot (firmware/node-snapshot.ts) is built
-// without loading child_process.
+// Made per call rather than at module load: nothing runs while the start-up snapshot is built.
 const run = (file: string, args: string[] = []) => promisify(execFile)(file, args);
 
 /** The trust root the builder embeds (firmware/build.ts TRUST_ROOT_PATH), used when the config names none. */

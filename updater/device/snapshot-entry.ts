@@ -9,12 +9,12 @@
  *
  * Nothing here may depend on the build host: module initialisation must not read files, the clock or the
  * environment (the device's own values are read inside functions, at run time). Built-in modules that Node 20
- * cannot snapshot (http, child_process, tls, ...) are bound lazily by the bundle (firmware/agent-bundle.ts).
+ * cannot snapshot (http, tls, ...) are bound lazily by the bundle (firmware/agent-bundle.ts).
  */
 import { startupSnapshot } from 'node:v8';
 import * as main from './main.js';
 import { startAgent } from './start.js';
-import { warmUpSchemas, warmUpStreams, type WarmUpSample } from './warm-up.js';
+import { warmUpSchemas, warmUpSpawn, warmUpStreams, type WarmUpSample } from './warm-up.js';
 
 /** Set by the snapshot script's banner (firmware/agent-bundle.ts bundleAgentSnapshotScript). */
 declare const __UZ_WARM_UP__: WarmUpSample | null;
@@ -22,6 +22,7 @@ declare const __UZ_WARM_UP__: WarmUpSample | null;
 // While the snapshot is built: run the boot's validation once, so the device starts with it compiled.
 warmUpSchemas(__UZ_WARM_UP__ ?? {});
 warmUpStreams();
+warmUpSpawn();
 
 startupSnapshot.setDeserializeMainFunction(() => {
   void startAgent(async () => main, 'snapshot');

@@ -15,7 +15,6 @@
  * file with its zod schema before any update policy reads it.
  */
 import { existsSync, readFileSync, writeSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { Supervisor } from '../workload/supervisor.js';
 import { LogPersister } from '../workload/log-persist.js';
 import { dataVerdictAtStart, IMAGE_INFO_PATH, readSlot, workloadStartOf } from './early.js';
@@ -64,9 +63,6 @@ export type AgentForm = 'snapshot' | 'bundle';
 async function start(loadMain: () => Promise<MainModule>, form: AgentForm): Promise<void> {
   const raw: unknown = JSON.parse(readFileSync(IMAGE_INFO_PATH, 'utf8'));
   const { version, app } = workloadStartOf(raw);
-  // Compile child_process now (bound lazily in the snapshot): when rcS is still busy, that costs nothing on
-  // the way to the workload's start.
-  void typeof spawn;
   await sysinitDone();
   const slot = readSlot();
   say(`UZ-AGENT start slot=${slot ?? 'unknown'} version=${version} app=${app.name} from=${form}`);

@@ -16,6 +16,7 @@ import { ImageInfoSchema } from './image-info.js';
 import { parseConfig } from '../config.js';
 import { DEVICE_CONFIG_FORMAT_VERSION, parseDeviceConfig } from '../../firmware/provision/config.js';
 import { StateRecordSchema } from '../state/store.js';
+import { spawn } from 'node:child_process';
 import { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 
@@ -76,4 +77,20 @@ export function warmUpStreams(): void {
   const socket = new Socket();
   socket.on('error', () => {});
   socket.destroy();
+}
+
+/**
+ * The first thing the agent does at boot is spawn the workload with its stdout and stderr on pipes. Spawning a
+ * program that does not exist, with the same stdio, runs that path here (argument and environment handling,
+ * the pipes' sockets, the spawn call, the error path) so the snapshot carries it compiled. Nothing is
+ * executed: no emulator for a child is needed on the build host, and the result cannot depend on one. The
+ * ENOENT arrives on the builder's event loop, which runs until nothing is pending before the heap is written.
+ */
+export function warmUpSpawn(): void {
+  const child = spawn('/nonexistent/uz-agent-warm-up', ['--warm-up'], { stdio: ['ignore', 'pipe', 'pipe'], env: { UZ_WARM_UP: '1' } });
+  child.stdout?.on('data', () => {});
+  child.stderr?.on('data', () => {});
+  child.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'ENOENT') throw new Error(`agent snapshot warm-up: spawn failed unexpectedly: ${e.message}`);
+  });
 }
