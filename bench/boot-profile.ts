@@ -21,15 +21,12 @@ import { buildImage } from '../firmware/build.js';
 import { parseMbr, SECTOR_SIZE } from '../firmware/fs/mbr.js';
 import { consoleLines, qemuArgs, requireQemu, ubootEnvFlashForQemu, ubootForQemu } from '../firmware/qemu.js';
 import { benchCacheDir } from './lib/debian-image.js';
+import { argValue } from './lib/args.js';
 import { have } from './lib/host-tools.js';
 import { parseKallsyms, pcAndElFromG, RspReader, rspPacket, summarize, type Phase, type Sample } from './lib/guest-profile.js';
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
 const json = process.argv.includes('--json');
-const intervalMs = Number(arg('interval-ms') ?? 6);
+const intervalMs = Number(argValue('--interval-ms') ?? 6);
 const log = (l: string) => process.stderr.write(`[profile:boot] ${l}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -98,7 +95,7 @@ async function main(): Promise<void> {
   const work = join(benchCacheDir(), `profile-${process.pid}`);
   await mkdir(work, { recursive: true });
   try {
-    let image = arg('image');
+    let image = argValue('--image');
     if (!image) {
       log('building a --debug qemu-virt demo image (its serial shell reads /proc/kallsyms after the boot)');
       image = (await buildImage({ board: 'qemu-virt', app: 'demo', version: '1.0.0', outDir: join(work, 'img'), debug: true, sourceDateEpoch: 1764000000 })).image;
@@ -164,7 +161,7 @@ async function main(): Promise<void> {
         if (from !== undefined && to !== undefined) phases.push({ name: chain[i]![0], fromMs: from, toMs: to });
       }
       const profile = summarize(samples, phases, symbols);
-      const outFile = arg('out');
+      const outFile = argValue('--out');
       if (outFile) await writeFile(outFile, JSON.stringify({ samples: samples.map((s) => ({ ...s, pc: s.pc.toString(16) })), marks, symbols: symbols.length }));
       if (json) {
         process.stdout.write(`${JSON.stringify({ intervalMs, phases: profile })}\n`);

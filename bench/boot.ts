@@ -27,16 +27,13 @@ import { buildImage } from '../firmware/build.js';
 import { runQemu, requireQemu, type QemuRunResult } from '../firmware/qemu.js';
 import { benchCacheDir, ensureDebianImage, READY_LINE, removeStaleWorkDirs } from './lib/debian-image.js';
 import { waitForIdle } from './lib/host-idle.js';
+import { argValue } from './lib/args.js';
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
 const json = process.argv.includes('--json');
-const runs = Number(arg('--runs') ?? 1);
-const timeoutMs = Number(arg('--timeout-s') ?? 300) * 1000;
+const runs = Number(argValue('--runs') ?? 1);
+const timeoutMs = Number(argValue('--timeout-s') ?? 300) * 1000;
 const rebuild = process.argv.includes('--rebuild-debian');
-const idleWaitMs = Number(arg('--idle-wait-s') ?? 60) * 1000;
+const idleWaitMs = Number(argValue('--idle-wait-s') ?? 60) * 1000;
 const uzSettled = process.argv.includes('--uz-settled');
 if (!Number.isInteger(runs) || runs < 1) throw new Error('--runs must be a positive integer');
 if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new Error('--timeout-s must be a positive number');

@@ -19,14 +19,11 @@ import { verifyBundleFile, writeBundle } from '../firmware/bundle/index.js';
 import { generateSigningKey } from '../firmware/trust/keys.js';
 import { createRootSigned, signRoot } from '../firmware/trust/root.js';
 import { signEd25519, verifyNoble, verifyNode } from '../firmware/trust/ed25519.js';
+import { argValue } from './lib/args.js';
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
 const json = process.argv.includes('--json');
-const sizeMiB = Number(arg('--size-mib') ?? 1024);
-const rounds = Number(arg('--rounds') ?? 2);
+const sizeMiB = Number(argValue('--size-mib') ?? 1024);
+const rounds = Number(argValue('--rounds') ?? 2);
 if (!Number.isFinite(sizeMiB) || sizeMiB <= 0) throw new Error('--size-mib must be a positive number');
 const log = (s: string) => {
   if (!json) process.stderr.write(s + '\n');

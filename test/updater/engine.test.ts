@@ -128,10 +128,16 @@ describe('when UZ-READY is announced relative to marking the slot good', () => {
     };
   };
 
-  it('an ordinary boot of the committed slot announces ready before the attempts are refreshed, and refreshes them', async () => {
-    const b = await board();
+  /** Boots and starts the engine, recording `ready` notices and completed markGood calls in one timeline. */
+  const bootRecording = async (b: Awaited<ReturnType<typeof board>>) => {
     const events: string[] = [];
     const r = await b.bootAndStart({ bootctl: timed(b, events), notify: (n) => n.kind === 'ready' && events.push(`ready:${n.slot}`) });
+    return { r, events };
+  };
+
+  it('an ordinary boot of the committed slot announces ready before the attempts are refreshed, and refreshes them', async () => {
+    const b = await board();
+    const { r, events } = await bootRecording(b);
     await r.e.settled();
     expect(events).toEqual(['ready:A', 'marked-good:A']);
     // The refresh happened: U-Boot's attempts for A are full again after the settle.
@@ -146,8 +152,7 @@ describe('when UZ-READY is announced relative to marking the slot good', () => {
     await b.m.boot({ A: true, B: true });
     await b.m.bootControl().armTry('B');
     b.crash.powerCut();
-    const events: string[] = [];
-    const r = await b.bootAndStart({ bootctl: timed(b, events), notify: (n) => n.kind === 'ready' && events.push(`ready:${n.slot}`) });
+    const { r, events } = await bootRecording(b);
     await r.e.settled();
     expect(r.slot).toBe('B');
     expect(events).toEqual(['marked-good:B', 'ready:B']);
@@ -159,8 +164,9 @@ describe('when UZ-READY is announced relative to marking the slot good', () => {
     await r.e.offer(desired('t1'));
     await r.e.settled();
     b.crash.powerCut();
-    const events: string[] = [];
-    r = await b.bootAndStart({ bootctl: timed(b, events), notify: (n) => n.kind === 'ready' && events.push(`ready:${n.slot}`) });
+    const rec = await bootRecording(b);
+    r = rec.r;
+    const events = rec.events;
     await r.e.settled();
     expect(r.slot).toBe('B');
     expect(events[0]).toBe('marked-good:B');
